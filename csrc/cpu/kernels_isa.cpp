@@ -1,0 +1,19 @@
+// Compiled once per instruction set with -DVTP_ISA=<name> (see CMakeLists.txt); every function here
+// lives in namespace vtp_ext::cpu::<name>. Add each new op's kernel header and table entry here.
+#ifndef VTP_ISA
+#error "compile with -DVTP_ISA=<isa name>"
+#endif
+#define VTP_STR2(x) #x
+#define VTP_STR(x) VTP_STR2(x)
+
+#include "cpu/isa.h"
+#include "cpu/token_saliency_kernels.h"
+
+namespace vtp_ext::cpu::VTP_ISA {
+
+const KernelTable& table() {
+  static const KernelTable t{VTP_STR(VTP_ISA), &token_saliency_fwd, &token_saliency_bwd};
+  return t;
+}
+
+}  // namespace vtp_ext::cpu::VTP_ISA

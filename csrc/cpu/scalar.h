@@ -1,0 +1,111 @@
+// Storage types and float conversions for the CPU kernels. fp16 goes through the compiler's
+// _Float16 (a vcvtph2ps with F16C, a libgcc call without); bf16 is the top half of a float, rounded
+// to nearest even like torch. Only included by the per-ISA kernel translation units.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+namespace vtp_ext::cpu::VTP_ISA {
+
+struct f16 { uint16_t bits; };
+struct bf16 { uint16_t bits; };
+
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+template <typename T> using acc_of = typename AccOf<T>::type;
+
+static inline float to_acc(f16 v) {
+  _Float16 h;
+  std::memcpy(&h, &v.bits, 2);
+  return static_cast<float>(h);
+}
+static inline float to_acc(bf16 v) {
+  const uint32_t u = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+static inline float to_acc(float v) { return v; }
+static inline double to_acc(double v) { return v; }
+
+template <typename T> static inline T from_acc(acc_of<T> v);
+template <> inline float from_acc<float>(float v) { return v; }
+template <> inline double from_acc<double>(double v) { return v; }
+template <> inline f16 from_acc<f16>(float v) {
+  const _Float16 h = static_cast<_Float16>(v);
+  f16 r;
+  std::memcpy(&r.bits, &h, 2);
+  return r;
+}
+template <> inline bf16 from_acc<bf16>(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  bf16 r;
+  if ((u & 0x7fffffffu) > 0x7f800000u) {  // NaN: keep it a quiet NaN
+    r.bits = static_cast<uint16_t>((u >> 16) | 0x40);
+  } else {
+    u += 0x7fffu + ((u >> 16) & 1u);
+    r.bits = static_cast<uint16_t>(u >> 16);
+  }
+  return r;
+}
+
+// 32-byte SIMD vectors through GCC/Clang vector extensions: AVX registers in the avx2 build, pairs of
+// SSE registers in the baseline build. Vec<T>::load reads W elements of storage type T as acc type.
+typedef float vf8 __attribute__((vector_size(32)));
+typedef double vd4 __attribute__((vector_size(32)));
+typedef uint16_t vu16x8 __attribute__((vector_size(16)));
+typedef uint32_t vu32x8 __attribute__((vector_size(32)));
+typedef _Float16 vh8 __attribute__((vector_size(16)));
+
+template <typename T> struct Vec;
+template <> struct Vec<float> {
+  using V = vf8;
+  static constexpr int W = 8;
+  static V load(const float* p) { V v; std::memcpy(&v, p, sizeof(V)); return v; }
+};
+template <> struct Vec<double> {
+  using V = vd4;
+  static constexpr int W = 4;
+  static V load(const double* p) { V v; std::memcpy(&v, p, sizeof(V)); return v; }
+};
+template <> struct Vec<bf16> {
+  using V = vf8;
+  static constexpr int W = 8;
+  static V load(const bf16* p) {
+    vu16x8 h;
+    std::memcpy(&h, p, sizeof(h));
+    const vu32x8 u = __builtin_convertvector(h, vu32x8) << 16;
+    V v;
+    std::memcpy(&v, &u, sizeof(V));
+    return v;
+  }
+};
+template <> struct Vec<f16> {
+  using V = vf8;
+  static constexpr int W = 8;
+  static V load(const f16* p) {
+#if defined(__F16C__)
+    // GCC 12 scalarises __builtin_convertvector from _Float16; the F16C instruction does 8 at once.
+    const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    V v;
+    std::memcpy(&v, &f, sizeof(V));
+    return v;
+#else
+    vh8 h;
+    std::memcpy(&h, p, sizeof(h));
+    return __builtin_convertvector(h, vf8);
+#endif
+  }
+};
+
+template <typename V> static inline auto hsum(V v) {
+  auto r = v[0];
+  for (unsigned j = 1; j < sizeof(V) / sizeof(r); ++j) r += v[j];
+  return r;
+}
+
+}  // namespace vtp_ext::cpu::VTP_ISA
