@@ -1,0 +1,65 @@
+// What the torch-facing CUDA glue needs beyond the stable API: the namespace and dispatch key it
+// registers under, the current stream, and launch-error checks.
+//
+// The same glue files are compiled twice: by nvcc into vtp_ext._C (namespace vtp_ext, key CUDA), and
+// as C++ against the CUDA-on-CPU runtime into the test module (CUCPU defined: namespace
+// vtp_ext_cucpu, key CPU, tensors on the CPU, streams ignored). So the glue is tested together with
+// the kernels.
+#pragma once
+#include <cuda_runtime.h>
+#include <torch/csrc/stable/accelerator.h>
+
+#include "vtp_ext/stable_utils.h"
+
+#if defined(CUCPU)
+#define VTP_CUDA_NS vtp_ext_cucpu
+#define VTP_CUDA_KEY CPU
+#else
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#define VTP_CUDA_NS vtp_ext
+#define VTP_CUDA_KEY CUDA
+#endif
+
+namespace vtp_ext::cuda {
+
+inline void check_device(const Tensor& t, const char* op, const char* arg) {
+#if defined(CUCPU)
+  STD_TORCH_CHECK(t.is_cpu(), op, ": ", arg, " must be a CPU tensor for the CUDA-on-CPU test kernels");
+#else
+  STD_TORCH_CHECK(t.is_cuda(), op, ": ", arg, " must be a CUDA tensor for the CUDA kernel");
+#endif
+}
+
+// Sets the current device to t's for the lifetime of the guard (no-op on the CPU runtime).
+class DeviceScope {
+ public:
+  explicit DeviceScope(const Tensor& t)
+#if !defined(CUCPU)
+      : guard_(t.get_device_index())
+#endif
+  {
+    (void)t;
+  }
+
+ private:
+#if !defined(CUCPU)
+  torch::stable::accelerator::DeviceGuard guard_;
+#endif
+};
+
+inline cudaStream_t current_stream(const Tensor& t) {
+#if defined(CUCPU)
+  (void)t;
+  return nullptr;
+#else
+  void* stream = nullptr;
+  TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(t.get_device_index(), &stream));
+  return static_cast<cudaStream_t>(stream);
+#endif
+}
+
+inline void check_launch(cudaError_t err, const char* op) {
+  STD_TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
+}
+
+}  // namespace vtp_ext::cuda
