@@ -7,6 +7,8 @@
 // the kernels.
 #pragma once
 #include <cuda_runtime.h>
+
+#include <cstdlib>
 #include <torch/csrc/stable/accelerator.h>
 
 #include "vtp_ext/stable_utils.h"
@@ -56,6 +58,18 @@ inline cudaStream_t current_stream(const Tensor& t) {
   TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(t.get_device_index(), &stream));
   return static_cast<cudaStream_t>(stream);
 #endif
+}
+
+// Upper bound on a kernel's grid. Under the CPU runtime, VTP_CUCPU_MAX_BLOCKS lowers it so tests reach
+// the grid-stride loops with small inputs; on a GPU it is the kernel's own default.
+inline int max_blocks(int default_blocks) {
+#if defined(CUCPU)
+  if (const char* env = std::getenv("VTP_CUCPU_MAX_BLOCKS")) {
+    const int v = std::atoi(env);
+    if (v > 0 && v < default_blocks) return v;
+  }
+#endif
+  return default_blocks;
 }
 
 inline void check_launch(cudaError_t err, const char* op) {

@@ -32,7 +32,8 @@ Tensor token_saliency_cuda(const Tensor& x, std::string method, int64_t correcti
     using T = decltype(tag);
     check_launch(launch_token_saliency_fwd<T>(static_cast<const T*>(xr.t.const_data_ptr()),
                                               static_cast<T*>(out.mutable_data_ptr()), xr.idx, n, D,
-                                              correction, m, current_stream(x)),
+                                              correction, m, current_stream(x),
+                                              max_blocks(kSaliencyMaxBlocks)),
                  op);
   });
   return out;
@@ -55,7 +56,8 @@ Tensor token_saliency_backward_cuda(const Tensor& grad, const Tensor& x, const T
                                               static_cast<const T*>(xr.t.const_data_ptr()),
                                               static_cast<const T*>(outr.t.const_data_ptr()),
                                               static_cast<T*>(grad_x.mutable_data_ptr()), gr.idx, xr.idx,
-                                              outr.idx, n, D, correction, m, current_stream(x)),
+                                              outr.idx, n, D, correction, m, current_stream(x),
+                                              max_blocks(kSaliencyMaxBlocks)),
                  op);
   });
   return grad_x;

@@ -33,7 +33,7 @@ def _check(x: torch.Tensor, method: str, correction: int, op: str) -> None:
 
 
 @torch.library.register_fake("vtp_ext::token_saliency")
-def _token_saliency_fake(x, method, correction):
+def _token_saliency_fake(x, method="variance", correction=1):  # defaults as in the C++ schema
     _check(x, method, correction, "vtp_ext.token_saliency")
     return x.new_empty(x.shape[:-1])
 

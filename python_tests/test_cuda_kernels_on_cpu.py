@@ -1,0 +1,102 @@
+"""The CUDA kernels themselves, executed on the CPU through ../shared/cuda-cpu (see python_tests/cucpu.py)
+and compared with the CPU ops on the same inputs: every op, forward and backward, every dtype the CUDA
+path supports, tails, empty inputs, single-block, multi-block and grid-stride launches, and both the
+16-byte-vector and the scalar load paths. CI runs this file in both thread orders (CUCPU_REVERSE=1)
+and under AddressSanitizer + UBSan."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from cucpu import require_cucpu
+from op_testing import TOLERANCES
+
+DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+METHODS = [("variance", 1), ("variance", 0), ("l2norm", 0)]
+
+
+@pytest.fixture(scope="module")
+def cucpu():
+    return require_cucpu()
+
+
+@pytest.fixture
+def max_blocks(monkeypatch):
+    def set_(n: int | None):
+        if n is None:
+            monkeypatch.delenv("VTP_CUCPU_MAX_BLOCKS", raising=False)
+        else:
+            monkeypatch.setenv("VTP_CUCPU_MAX_BLOCKS", str(n))
+    return set_
+
+
+def close(a, b, dtype):
+    tol = TOLERANCES[dtype] if dtype != torch.float64 else dict(rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(a, b, equal_nan=True, **tol)
+
+
+# (shape, what it covers). 8 rows per block: 8 rows = one block, 9 = a partial second block.
+SHAPES = [
+    ((1, 1, 1), "one row, D=1"),
+    ((1, 8, 64), "exactly one block, D a multiple of every pack width"),
+    ((1, 9, 40), "partial second block; D=40 packs for fp32/fp16 only"),
+    ((3, 7, 37), "odd D: scalar path, lane tail"),
+    ((2, 5, 300), "D > 32 lanes x pack width: lanes loop"),
+    ((4, 33, 1024), "CLIP-like D, many blocks"),
+    ((0, 4, 16), "no rows"),
+    ((2, 3, 0), "D = 0"),
+]
+
+
+@pytest.mark.parametrize("shape,_what", SHAPES, ids=[s[1] for s in SHAPES])
+@pytest.mark.parametrize("method,correction", METHODS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_token_saliency_cuda_kernels(cucpu, shape, _what, method, correction, dtype):
+    x = (torch.randn(shape, dtype=torch.float64) * 2 + 3).to(dtype)
+    grad = torch.randn(shape[:-1], dtype=torch.float64).to(dtype)
+    ref = torch.ops.vtp_ext.token_saliency(x, method, correction)
+    got = cucpu.token_saliency(x, method, correction)
+    close(got, ref, dtype)
+    gref = torch.ops.vtp_ext.token_saliency_backward(grad, x, ref, method, correction)
+    ggot = cucpu.token_saliency_backward(grad, x, got, method, correction)
+    close(ggot, gref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_token_saliency_grid_stride_and_unaligned(cucpu, max_blocks, dtype):
+    x = torch.randn(6, 11, 72, dtype=torch.float64).to(dtype)
+    grad = torch.randn(6, 11, dtype=torch.float64).to(dtype)
+    inputs = {
+        "contiguous": x,
+        "unaligned rows (offset 1 element)": torch.cat([torch.zeros(1, dtype=dtype), x.flatten()])[1:].view_as(x),
+        "strided leading dims": x.transpose(0, 1),
+        "strided last dim": torch.stack([x, x], -1)[..., 0],
+    }
+    for blocks in (None, 1, 3):  # default grid; 1 and 3 blocks force the grid-stride loop
+        max_blocks(blocks)
+        for name, xi in inputs.items():
+            gi = grad if xi.shape == x.shape else grad.t()
+            for method, correction in METHODS:
+                ref = torch.ops.vtp_ext.token_saliency(xi, method, correction)
+                got = cucpu.token_saliency(xi, method, correction)
+                close(got, ref, dtype)
+                close(cucpu.token_saliency_backward(gi, xi, got, method, correction),
+                      torch.ops.vtp_ext.token_saliency_backward(gi, xi, ref, method, correction), dtype)
+
+
+def test_token_saliency_bad_input_same_message(cucpu):
+    for args in [(torch.randn(4), "variance", 1), (torch.randn(2, 3), "std", 1), (torch.randn(2, 3), "variance", 2),
+                 (torch.ones(2, 3, dtype=torch.int64), "variance", 1)]:
+        with pytest.raises(RuntimeError) as cpu_err:
+            torch.ops.vtp_ext.token_saliency(*args)
+        with pytest.raises(RuntimeError) as cuda_err:
+            cucpu.token_saliency(*args)
+        tail = lambda e: str(e.value).split(", ", 2)[-1].split("\n")[0]  # noqa: E731 (drop function/file prefix)
+        assert tail(cpu_err) == tail(cuda_err)
+
+
+def test_runs_in_the_requested_thread_order():
+    """Makes the thread order of this run visible in the log (CI runs both)."""
+    print(f"CUCPU_REVERSE={os.environ.get('CUCPU_REVERSE', '0')}")
