@@ -152,6 +152,25 @@ def test_gradcheck():
     run_gradcheck(vtp_ext.token_saliency, gradcheck_samples())
 
 
+def test_gradgradcheck():
+    # Second derivatives (through the backward op's own autograd) against finite differences.
+    for method, correction in METHODS:
+        x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradgradcheck(lambda t: vtp_ext.token_saliency(t, method, correction), (x,)), method
+
+
+def test_double_backward_matches_torch():
+    for method, correction in METHODS:
+        x = torch.randn(3, 4, 9, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(3, 4, 9, dtype=torch.float64)
+        g, = torch.autograd.grad(vtp_ext.token_saliency(x, method, correction).sum(), x, create_graph=True)
+        (h,) = torch.autograd.grad((g * w).sum(), x)
+        xr = x.detach().requires_grad_(True)
+        gr, = torch.autograd.grad(reference(xr, method, correction).sum(), xr, create_graph=True)
+        (hr,) = torch.autograd.grad((gr * w).sum(), xr)
+        torch.testing.assert_close(h, hr)
+
+
 def opcheck_samples():
     samples = []
     for method, correction in METHODS:
@@ -176,6 +195,10 @@ def test_opcheck_backward():
         samples.append(Sample((torch.randn(2, 5), x, out, method, correction), name=method))
         samples.append(Sample((torch.randn(5, 2).t(), x.transpose(0, 1).contiguous().transpose(0, 1), out, method,
                                correction), name=method + "-noncontig"))
+        xd = torch.randn(2, 5, 16, dtype=torch.float64, requires_grad=True)
+        samples.append(Sample((torch.randn(2, 5, dtype=torch.float64, requires_grad=True), xd,
+                               OP(xd.detach(), method, correction).requires_grad_(True), method, correction),
+                              name=method + "-requires-grad"))
     run_opcheck(BWD, samples)
 
 

@@ -62,3 +62,40 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("vtp_ext::token_saliency", _backward, setup_context=_setup_context)
+
+
+# Double backward (e.g. gradient penalties): the derivative of token_saliency_backward, composed of
+# plain torch ops -- second-order use is rare, so it is not fused. With v = dL/d(grad_x):
+#   variance, grad_x = s g (x - mean),  s = 2 / (D - correction):
+#       dL/dg = s <v, x - mean>,   dL/dx = s g (v - mean(v)),   dL/dout = 0
+#   l2norm, grad_x = g x / out (0 where out == 0):
+#       dL/dg = <v, x> / out,      dL/dx = g v / out,           dL/dout = -g <v, x> / out^2
+# dL/dout reaches x through the saved forward output, so the composition is exact.
+def _backward_setup_context(ctx, inputs, output):
+    grad, x, out, method, correction = inputs
+    ctx.method, ctx.correction = method, correction
+    ctx.save_for_backward(grad, x, out)
+
+
+def _backward_backward(ctx, v):
+    grad, x, out = ctx.saved_tensors
+    g = grad.unsqueeze(-1)
+    if ctx.method == "variance":
+        dof = x.shape[-1] - ctx.correction
+        scale = 2.0 / dof if dof > 0 else float("nan")  # NaN like the forward backward's 0 * inf
+        centred = x - x.mean(-1, keepdim=True)
+        d_grad = scale * (v * centred).sum(-1)
+        d_x = scale * g * (v - v.mean(-1, keepdim=True))
+        d_out = torch.zeros_like(out)
+    else:
+        zero = out == 0
+        inv = torch.where(zero, torch.zeros_like(out), 1.0 / torch.where(zero, torch.ones_like(out), out))
+        vx = (v * x).sum(-1)
+        d_grad = vx * inv
+        d_x = g * v * inv.unsqueeze(-1)
+        d_out = -grad * vx * inv * inv
+    return d_grad, d_x, d_out, None, None
+
+
+torch.library.register_autograd("vtp_ext::token_saliency_backward", _backward_backward,
+                                setup_context=_backward_setup_context)
