@@ -100,3 +100,86 @@ def test_token_saliency_bad_input_same_message(cucpu):
 def test_runs_in_the_requested_thread_order():
     """Makes the thread order of this run visible in the log (CI runs both)."""
     print(f"CUCPU_REVERSE={os.environ.get('CUCPU_REVERSE', '0')}")
+
+
+# ---------------------------------------------------------------------------------------- blur_downsample
+PYRAMID_CONFIGS = [("kornia", 1.0, 5, "reflect"), ("opencv", 1.0, 5, "reflect"), ("gauss_avgpool", 1.3, 7, "zeros"),
+                   ("gauss_avgpool", 0.8, 3, "reflect")]
+IMAGE_DTYPES = DTYPES + (torch.uint8,)
+# (shape, what it covers). Tiles are 8 output rows x 32 output pixels.
+IMAGE_SHAPES = [
+    ((1, 1, 3, 3), "one tile, smallest kornia input"),
+    ((1, 1, 1, 1), "1x1 (opencv only)"),
+    ((2, 3, 16, 64), "exactly one tile per plane, several planes"),
+    ((1, 2, 37, 150), "several tiles in x and y with ragged tails, odd sizes"),
+    ((3, 1, 70, 9), "narrow: tall column of tiles"),
+    ((0, 3, 8, 8), "empty batch"),
+]
+
+
+def image_close(a, b, dtype):
+    if dtype == torch.uint8:
+        assert a.shape == b.shape
+        assert a.numel() == 0 or (a.int() - b.int()).abs().max() <= 1, "uint8 results differ by more than one rounding"
+        return
+    tol = TOLERANCES[dtype] if dtype != torch.float64 else dict(rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(a, b, **tol)
+
+
+def run_blur_downsample(cucpu, x, config, dtype):
+    if config[0] == "kornia" and min(x.shape[-2:]) < 3:
+        return
+    if config[0] == "gauss_avgpool" and (min(x.shape[-2:]) < 2 or (config[3] == "reflect" and config[2] // 2 >= min(x.shape[-2:]))):
+        return
+    ref = torch.ops.vtp_ext.blur_downsample(x, *config)
+    got = cucpu.blur_downsample(x, *config)
+    assert got.shape == ref.shape and got.stride() == ref.stride()
+    image_close(got, ref, dtype)
+    if dtype == torch.uint8 and config[0] == "opencv":  # exact integer sums in float: bit-exact like OpenCV
+        assert torch.equal(got, ref)
+    if dtype.is_floating_point:
+        g = torch.randn(ref.shape, dtype=torch.float64).to(dtype)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            g = g.contiguous(memory_format=torch.channels_last)
+        h, w = x.shape[-2:]
+        image_close(cucpu.blur_downsample_backward(g, h, w, *config),
+                    torch.ops.vtp_ext.blur_downsample_backward(g, h, w, *config), dtype)
+
+
+@pytest.mark.parametrize("shape,_what", IMAGE_SHAPES, ids=[s[1] for s in IMAGE_SHAPES])
+@pytest.mark.parametrize("config", PYRAMID_CONFIGS, ids=[c[0] + "-" + c[3] for c in PYRAMID_CONFIGS])
+@pytest.mark.parametrize("dtype", IMAGE_DTYPES, ids=str)
+def test_blur_downsample_cuda_kernels(cucpu, shape, _what, config, dtype):
+    x = (torch.rand(shape, dtype=torch.float64) * 255).to(dtype)
+    run_blur_downsample(cucpu, x, config, dtype)
+
+
+@pytest.mark.parametrize("config", PYRAMID_CONFIGS, ids=[c[0] + "-" + c[3] for c in PYRAMID_CONFIGS])
+@pytest.mark.parametrize("dtype", IMAGE_DTYPES, ids=str)
+def test_blur_downsample_layouts_direct_kernel_and_plane_loop(cucpu, monkeypatch, config, dtype):
+    x = (torch.rand(2, 3, 21, 45, dtype=torch.float64) * 255).to(dtype)
+    inputs = {
+        "contiguous": x,
+        "channels_last (pixels of 3 channels)": x.contiguous(memory_format=torch.channels_last),
+        "unaligned rows": torch.cat([torch.zeros(1, dtype=dtype), x.flatten()])[1:].view_as(x),
+        "strided width (copied)": torch.stack([x, x], -1)[..., 0],
+        "sliced": (torch.rand(3, 4, 30, 60, dtype=torch.float64) * 255).to(dtype)[1:, ::2, 3:24, 5:50],
+    }
+    for env in ({}, {"VTP_CUCPU_MAX_BLOCKS": "1"}, {"VTP_CUCPU_FORCE_DIRECT": "1", "VTP_CUCPU_MAX_BLOCKS": "3"}):
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        for name, xi in inputs.items():
+            run_blur_downsample(cucpu, xi, config, dtype)
+        for k in env:
+            monkeypatch.delenv(k)
+
+
+def test_blur_downsample_bad_input_same_message(cucpu):
+    for args in [(torch.rand(3, 8, 8), "kornia", 1.0, 5, "reflect"), (torch.rand(1, 1, 8, 8), "x", 1.0, 5, "reflect"),
+                 (torch.rand(1, 1, 8, 8), "gauss_avgpool", 1.0, 4, "zeros"), (torch.rand(1, 1, 2, 8), "kornia", 1.0, 5, "reflect")]:
+        with pytest.raises(RuntimeError) as cpu_err:
+            torch.ops.vtp_ext.blur_downsample(*args)
+        with pytest.raises(RuntimeError) as cuda_err:
+            cucpu.blur_downsample(*args)
+        tail = lambda e: str(e.value).split(", ", 2)[-1].split("\n")[0]  # noqa: E731
+        assert tail(cpu_err) == tail(cuda_err)

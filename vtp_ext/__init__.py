@@ -10,9 +10,9 @@ from ._version import __version__
 
 _C = load_extension()
 
-from .ops import token_saliency  # noqa: E402
+from .ops import GaussianPyramid, blur_downsample, gaussian_pyramid, token_saliency  # noqa: E402
 
-__all__ = ["__version__", "token_saliency", "cuda_built"]
+__all__ = ["__version__", "token_saliency", "blur_downsample", "gaussian_pyramid", "GaussianPyramid", "cuda_built"]
 
 
 def cuda_built() -> bool:

@@ -7,12 +7,13 @@
 #define VTP_STR(x) VTP_STR2(x)
 
 #include "cpu/isa.h"
+#include "cpu/separable_kernels.h"
 #include "cpu/token_saliency_kernels.h"
 
 namespace vtp_ext::cpu::VTP_ISA {
 
 const KernelTable& table() {
-  static const KernelTable t{VTP_STR(VTP_ISA), &token_saliency_fwd, &token_saliency_bwd};
+  static const KernelTable t{VTP_STR(VTP_ISA), &token_saliency_fwd, &token_saliency_bwd, &separable_apply};
   return t;
 }
 

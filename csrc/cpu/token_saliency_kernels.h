@@ -109,6 +109,7 @@ static void dispatch_dtype(DType dt, const Args& a, int64_t begin, int64_t end) 
     case DType::kFloat64: Fn<double>::run(a, begin, end); break;
     case DType::kFloat16: Fn<f16>::run(a, begin, end); break;
     case DType::kBFloat16: Fn<bf16>::run(a, begin, end); break;
+    case DType::kUInt8: break;  // rejected by the glue: saliency is for floating-point features
   }
 }
 

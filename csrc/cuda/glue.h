@@ -72,6 +72,17 @@ inline int max_blocks(int default_blocks) {
   return default_blocks;
 }
 
+// A switch tests flip to reach a kernel's alternative path with small inputs (CPU runtime only).
+inline bool test_flag(const char* name) {
+#if defined(CUCPU)
+  const char* env = std::getenv(name);
+  return env != nullptr && *env != '\0' && *env != '0';
+#else
+  (void)name;
+  return false;
+#endif
+}
+
 inline void check_launch(cudaError_t err, const char* op) {
   STD_TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
 }
