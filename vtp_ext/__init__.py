@@ -10,9 +10,11 @@ from ._version import __version__
 
 _C = load_extension()
 
-from .ops import GaussianPyramid, blur_downsample, gaussian_pyramid, token_saliency  # noqa: E402
+from .ops import (GaussianPyramid, MergePlan, bipartite_matching, blur_downsample, gaussian_pyramid,  # noqa: E402
+                  merge, merge_source, token_saliency, unmerge)
 
-__all__ = ["__version__", "token_saliency", "blur_downsample", "gaussian_pyramid", "GaussianPyramid", "cuda_built"]
+__all__ = ["__version__", "token_saliency", "blur_downsample", "gaussian_pyramid", "GaussianPyramid", "MergePlan",
+           "bipartite_matching", "merge", "unmerge", "merge_source", "cuda_built"]
 
 
 def cuda_built() -> bool:

@@ -7,6 +7,7 @@
 
 #include "vtp_ext/row_indexer.h"
 #include "vtp_ext/saliency_math.h"
+#include "vtp_ext/tome_math.h"
 
 namespace vtp_ext::cpu {
 
@@ -54,12 +55,64 @@ struct SeparableApplyArgs {
   const void* x_stencil;
 };
 
+// ToMe bipartite matching. Stage 1 (items: B*N tokens) writes unit-norm copies of the metric rows in
+// the accumulation type: sources [B][na][C] and destinations transposed [B][C][nbp] (nbp = nb rounded
+// up, zero-padded). Stage 2 (items: B * ceil(na/4) source tiles) computes every source's best
+// destination tile by tile -- the [na, nb] score matrix is never stored. Stage 3 (items: B) ranks
+// the sources and writes the plan.
+struct TomeMatchArgs {
+  const void* metric;
+  DType dtype;
+  int64_t B, N, C, na, nb, nbp, r;
+  int64_t metric_batch_stride, metric_token_stride;  // the channel dimension is dense
+  bool class_token, distill_token;
+  void* work_a;       // [B][na][C]
+  void* work_bt;      // [B][C][nbp]
+  void* best;         // [B][na], accumulation type
+  int64_t* best_idx;  // [B][na]
+  int64_t* unm_idx;   // [B][na - r]
+  int64_t* src_idx;   // [B][r]
+  int64_t* dst_idx;   // [B][r]
+};
+
+// ToMe merge / unmerge over a plan (unm_idx [B][na-r], src_idx/dst_idx [B][r]); x rows [B][N][D] with a
+// dense last dimension. Items: B * rows. Destination rows sum their members in a fixed order -- the
+// destination itself, then its sources in plan order -- so results are deterministic.
+struct TomeMergeArgs {
+  DType dtype;
+  TomeMode mode;
+  int64_t B, N, D, na, nb, r, n_out;
+  bool distill_token;
+  const int64_t* unm_idx; const int64_t* src_idx; const int64_t* dst_idx;
+  const void* x; int64_t x_batch_stride, x_token_stride;      // [B, N, D]
+  const void* size; int64_t size_batch_stride, size_token_stride;  // [B, N] or null (all ones)
+  void* out;        // [B, n_out, D] contiguous
+  void* size_out;   // [B, n_out] contiguous
+  // backward
+  const void* grad_out; int64_t g_batch_stride, g_token_stride;       // [B, n_out, D]
+  const void* grad_size_out; int64_t gs_batch_stride, gs_token_stride;  // [B, n_out] or null
+  const void* merged; int64_t m_batch_stride, m_token_stride;          // forward out [B, n_out, D]
+  const void* merged_size; int64_t ms_batch_stride, ms_token_stride;   // forward size_out [B, n_out]
+  void* grad_x;     // [B, N, D] contiguous
+  void* grad_size;  // [B, N] contiguous or null
+  int64_t* positions;  // [B][N] output row of every input token (workspace)
+  int32_t* counts;     // [B][n_out] members per output row (workspace)
+};
+
 // Each entry processes rows [begin, end); the caller splits rows over threads.
 struct KernelTable {
   const char* isa;
   void (*token_saliency_fwd)(const TokenSaliencyFwdArgs&, int64_t begin, int64_t end);
   void (*token_saliency_bwd)(const TokenSaliencyBwdArgs&, int64_t begin, int64_t end);
   void (*separable_apply)(const SeparableApplyArgs&, int64_t begin, int64_t end);
+  void (*tome_normalize)(const TomeMatchArgs&, int64_t begin, int64_t end);
+  void (*tome_best)(const TomeMatchArgs&, int64_t begin, int64_t end);
+  void (*tome_plan)(const TomeMatchArgs&, int64_t begin, int64_t end);
+  void (*tome_positions)(const TomeMergeArgs&, int64_t begin, int64_t end);   // items: B
+  void (*tome_merge)(const TomeMergeArgs&, int64_t begin, int64_t end);       // items: B * n_out
+  void (*tome_merge_bwd)(const TomeMergeArgs&, int64_t begin, int64_t end);   // items: B * N
+  void (*tome_unmerge)(const TomeMergeArgs&, int64_t begin, int64_t end);     // items: B * N (x -> out)
+  void (*tome_unmerge_bwd)(const TomeMergeArgs&, int64_t begin, int64_t end); // items: B * n_out
 };
 
 // The table for the best instruction set this CPU supports; VTP_EXT_CPU_ISA=base forces the

@@ -9,11 +9,14 @@
 #include "cpu/isa.h"
 #include "cpu/separable_kernels.h"
 #include "cpu/token_saliency_kernels.h"
+#include "cpu/tome_kernels.h"
 
 namespace vtp_ext::cpu::VTP_ISA {
 
 const KernelTable& table() {
-  static const KernelTable t{VTP_STR(VTP_ISA), &token_saliency_fwd, &token_saliency_bwd, &separable_apply};
+  static const KernelTable t{VTP_STR(VTP_ISA), &token_saliency_fwd, &token_saliency_bwd, &separable_apply,
+                                &tome_normalize, &tome_best, &tome_plan, &tome_positions, &tome_merge,
+                                &tome_merge_bwd, &tome_unmerge, &tome_unmerge_bwd};
   return t;
 }
 

@@ -15,6 +15,15 @@ inline void define_schemas(torch::stable::detail::StableLibrary& m) {
   // "gauss_avgpool" (sigma, kernel_size, border "reflect" | "zeros" apply to gauss_avgpool).
   m.def("blur_downsample(Tensor x, str mode=\"kornia\", float sigma=1.0, int kernel_size=5, str border=\"reflect\") -> Tensor");
   // grad [B, C, h, w] of a height x width input -> grad_x [B, C, height, width] (the adjoint operator)
+  // ToMe. metric [B, N, C] -> plan: kept sources [B, ceil(N/2) - r], merged sources [B, r] and their
+  // destinations [B, r] (indices into the even / odd tokens); r is clamped as ToMe does.
+  m.def("tome_match(Tensor metric, int r, bool class_token=False, bool distill_token=False) -> (Tensor unm_idx, Tensor src_idx, Tensor dst_idx)");
+  // x [B, N, D], size [B, N] or None -> merged [B, N - r, D] and merged sizes [B, N - r]; mode "wavg" | "mean" | "sum"
+  m.def("tome_merge(Tensor x, Tensor? size, Tensor unm_idx, Tensor src_idx, Tensor dst_idx, str mode, bool distill_token) -> (Tensor, Tensor)");
+  m.def("tome_merge_backward(Tensor grad, Tensor? grad_size, Tensor x, Tensor? size, Tensor out, Tensor size_out, Tensor unm_idx, Tensor src_idx, Tensor dst_idx, str mode, bool distill_token) -> (Tensor, Tensor)");
+  // merged [B, N - r, D] -> [B, N, D]: every token gets the value of the row it was merged into
+  m.def("tome_unmerge(Tensor x_merged, Tensor unm_idx, Tensor src_idx, Tensor dst_idx, int n, bool distill_token) -> Tensor");
+  m.def("tome_unmerge_backward(Tensor grad, Tensor unm_idx, Tensor src_idx, Tensor dst_idx, bool distill_token) -> Tensor");
   m.def("blur_downsample_backward(Tensor grad, int height, int width, str mode, float sigma, int kernel_size, str border) -> Tensor");
 }
 
