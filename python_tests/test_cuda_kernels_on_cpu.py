@@ -183,3 +183,53 @@ def test_blur_downsample_bad_input_same_message(cucpu):
             cucpu.blur_downsample(*args)
         tail = lambda e: str(e.value).split(", ", 2)[-1].split("\n")[0]  # noqa: E731
         assert tail(cpu_err) == tail(cuda_err)
+
+
+# ---------------------------------------------------------------------------------------- ToMe
+TOME_CASES = [  # (B, N, C, r, class_token, distill_token): source tiles are 32, channel slices 32
+    (1, 1, 4, 1, False, False),      # nothing to merge
+    (2, 10, 8, 3, False, False),     # one partial tile
+    (3, 65, 40, 16, True, False),    # 33 sources: two tiles; 40 channels: two slices, ragged
+    (2, 77, 64, 30, True, True),     # distillation token, r at the clamp
+    (2, 129, 33, 20, False, True),   # 65 sources / 64 destinations: three and two tiles
+    (0, 8, 4, 2, False, False),      # empty batch
+]
+
+
+@pytest.mark.parametrize("case", TOME_CASES, ids=[str(c) for c in TOME_CASES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_tome_cuda_kernels(cucpu, case, dtype):
+    B, N, C, r, ct, dt = case
+    metric = torch.randn(B, N, C, dtype=torch.float64).to(dtype)
+    plan = torch.ops.vtp_ext.tome_match(metric, r, ct, dt)
+    got = cucpu.tome_match(metric, r, ct, dt)
+    for a, b in zip(got, plan):
+        assert torch.equal(a, b), "CUDA matching differs from the CPU matching"
+    x = torch.randn(B, N, 40, dtype=torch.float64).to(dtype)[..., ::2]  # strided rows
+    size = (torch.rand(B, N, dtype=torch.float64) + 0.5).to(dtype)
+    for mode in ("wavg", "mean", "sum"):
+        for s in (None, size):
+            out, so = torch.ops.vtp_ext.tome_merge(x, s, *plan, mode, dt)
+            cout, cso = cucpu.tome_merge(x, s, *plan, mode, dt)
+            close(cout, out, dtype)
+            close(cso, so, dtype)
+            g, gs = torch.randn_like(out), torch.randn_like(so)
+            for a, b in zip(cucpu.tome_merge_backward(g, gs, x, s, cout, cso, *plan, mode, dt),
+                            torch.ops.vtp_ext.tome_merge_backward(g, gs, x, s, out, so, *plan, mode, dt)):
+                close(a, b, dtype)
+    close(cucpu.tome_unmerge(out, *plan, N, dt), torch.ops.vtp_ext.tome_unmerge(out, *plan, N, dt), dtype)
+    g = torch.randn(B, N, 20, dtype=torch.float64).to(dtype)
+    close(cucpu.tome_unmerge_backward(g, *plan, dt), torch.ops.vtp_ext.tome_unmerge_backward(g, *plan, dt), dtype)
+
+
+def test_tome_grid_stride_normalise(cucpu, monkeypatch):
+    monkeypatch.setenv("VTP_CUCPU_MAX_BLOCKS", "2")  # 16 warps for 3*65 tokens: the normalise loop wraps
+    metric = torch.randn(3, 65, 24)
+    for a, b in zip(cucpu.tome_match(metric, 10, True, False), torch.ops.vtp_ext.tome_match(metric, 10, True, False)):
+        assert torch.equal(a, b)
+
+
+def test_tome_ties_and_zero_rows_match(cucpu):
+    for metric in (torch.ones(2, 40, 8), torch.cat([torch.zeros(1, 3, 8), torch.randn(1, 37, 8)], 1)):
+        for a, b in zip(cucpu.tome_match(metric, 9, False, False), torch.ops.vtp_ext.tome_match(metric, 9, False, False)):
+            assert torch.equal(a, b)

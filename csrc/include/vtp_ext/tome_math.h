@@ -16,11 +16,13 @@ VTP_HD_INLINE int64_t tome_clamp_r(int64_t r, int64_t n, bool class_token, bool 
   return r < 0 ? 0 : (r < cap ? r : (cap > 0 ? cap : 0));
 }
 
-// Is similarity s (to destination idx) better than the current best (best, best_idx)? Larger wins,
-// ties go to the lower index, NaN (a zero-norm token's cosine) loses to every number.
+// Is similarity s (to destination idx) better than the current best (best, best_idx; best_idx < 0
+// means none yet)? Larger wins, ties go to the lower index, NaN (a zero-norm token's cosine) loses to
+// every number. A total order, so any scan or reduction order picks the same destination.
 template <typename acc_t>
 VTP_HD_INLINE bool tome_better(acc_t s, int64_t idx, acc_t best, int64_t best_idx) {
-  if (s != s) return best_idx < 0;
+  if (best_idx < 0) return true;
+  if (s != s) return best != best && idx < best_idx;
   if (best != best) return true;
   return s > best || (s == best && idx < best_idx);
 }
