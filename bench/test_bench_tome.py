@@ -94,3 +94,22 @@ def test_merge_forward_backward(benchmark, impl, shape):
     f = IMPLS[impl]
     g = torch.randn(B, N - 16, C)
     benchmark(lambda: torch.autograd.grad(f(x, metric, 16)[0], x, g))
+
+
+@pytest.mark.parametrize("batch", [1] if QUICK else [1, 32])
+@pytest.mark.parametrize("tome", ["off", "r=13"])
+def test_vit_forward(benchmark, tome, batch):
+    """A DeiT-Tiny-sized ViT (224px, patch 16, dim 192, 12 blocks, 3 heads: 197 tokens) with and without
+    ToMe (r = 13 per block, ToMe's ViT-S setting: 197 -> 41 tokens). Users report no gain at batch 1."""
+    benchmark.group = f"ViT-Tiny/16 forward B={batch} float32 cpu"
+    from vtp_ext import nn as vnn
+
+    torch.manual_seed(0)
+    model = vnn.ViT(image_size=224, patch_size=16, dim=192, depth=12, num_heads=3).eval()
+    if tome != "off":
+        vnn.apply_tome(model, 13)
+    images = torch.rand(batch, 3, 224, 224)
+    with torch.no_grad():
+        out = model(images)
+        assert out.shape[1] == (197 if tome == "off" else 197 - 12 * 13)
+        benchmark(model, images)
