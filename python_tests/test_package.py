@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 import vtp_ext
@@ -54,3 +55,12 @@ def test_portable_cpu_kernels_match_default():
         vb, vd = [float(v) for v in b.split()[1:]], [float(v) for v in d.split()[1:]]
         for p, q in zip(vb, vd):
             assert abs(p - q) <= 1e-3 * abs(q), (b, d)
+
+
+def test_readme_example_runs():
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    if not os.path.exists(readme):
+        pytest.skip("README.md not beside python_tests (tests copied out of the repository)")
+    text = open(readme).read()
+    block = text.split("## Example", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    run_python(block)

@@ -13,6 +13,8 @@ _C = load_extension()
 from .ops import (GaussianPyramid, MergePlan, bipartite_matching, blur_downsample, gaussian_pyramid,  # noqa: E402
                   merge, merge_source, token_saliency, unmerge)
 
+from . import nn  # noqa: E402  (modules built on the ops)
+
 __all__ = ["__version__", "token_saliency", "blur_downsample", "gaussian_pyramid", "GaussianPyramid", "MergePlan",
            "bipartite_matching", "merge", "unmerge", "merge_source", "cuda_built"]
 
