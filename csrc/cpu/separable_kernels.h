@@ -69,6 +69,11 @@ static inline int64_t stencil_row(T* dst, const acc_t* const* src, const acc_t* 
   return j;
 }
 
+// Interior outputs [jb, je) of one planar row: the vector stencil, then the scalar tail.
+template <typename T, typename acc_t = acc_of<T>>
+static inline void stencil_interior(T* dst, const acc_t* const* src, const acc_t* s, int64_t taps, const acc_t* row,
+                                    int64_t offset, int64_t jb, int64_t je);
+
 // even[m] = buf[2m], odd[m] = buf[2m + 1].
 template <typename acc_t>
 static inline void split_even_odd(const acc_t* __restrict__ buf, int64_t n, acc_t* __restrict__ even,
@@ -90,6 +95,22 @@ static inline void split_even_odd(const acc_t* __restrict__ buf, int64_t n, acc_
   }
 }
 
+template <typename T, typename acc_t>
+static inline void stencil_interior(T* dst, const acc_t* const* src, const acc_t* s, int64_t taps, const acc_t* row,
+                                    int64_t offset, int64_t jb, int64_t je) {
+  int64_t j;
+  switch (taps) {
+    case 5: j = stencil_row<5, T>(dst, src, s, 5, jb, je); break;
+    case 6: j = stencil_row<6, T>(dst, src, s, 6, jb, je); break;
+    default: j = stencil_row<0, T>(dst, src, s, taps, jb, je); break;
+  }
+  for (; j < je; ++j) {
+    acc_t v = 0;
+    for (int64_t e = 0; e < taps; ++e) v += s[e] * row[2 * j + offset + e];
+    dst[j] = from_acc<T>(v);
+  }
+}
+
 template <typename T>
 static void separable_apply_rows(const SeparableApplyArgs& a, int64_t begin, int64_t end) {
   using acc_t = acc_of<T>;
@@ -101,11 +122,16 @@ static void separable_apply_rows(const SeparableApplyArgs& a, int64_t begin, int
   const acc_t* stencil = static_cast<const acc_t*>(a.x_stencil);
   const int64_t C = a.channels, row_len = a.in_cols * C;
   const int64_t half = (a.in_cols + 1) / 2 + W > C ? (a.in_cols + 1) / 2 + W : C;  // also holds one pixel
-  const bool use_stencil = C == 1 && a.x_interior_end > a.x_interior_begin;
+  // The stencil runs on one channel at a time: directly for planar rows, through a de-interleaved
+  // copy for channels_last rows of a few channels (RGB); wide pixels (C >= 8) vectorise over channels.
+  constexpr int64_t kMaxStencilChannels = 8;
+  const bool use_stencil = C < kMaxStencilChannels && a.x_interior_end > a.x_interior_begin;
   // Scratch: the buffered row, its even/odd halves, the row pointers of one output row.
-  acc_t* buf = new acc_t[row_len + 2 * half + 1];
+  acc_t* buf = new acc_t[row_len + 2 * half + a.in_cols + a.out_cols + 1];
   acc_t* even = buf + row_len;
   acc_t* odd = even + half;
+  acc_t* chan = odd + half;            // one channel of a channels_last row
+  acc_t* chan_out = chan + a.in_cols;  // its stencil outputs
   const T** rows = new const T*[a.y_taps > 0 ? a.y_taps : 1];
   const acc_t** src = new const acc_t*[a.x_stencil_len > 0 ? a.x_stencil_len : 1];
   for (int64_t item = begin; item < end; ++item) {
@@ -143,23 +169,25 @@ static void separable_apply_rows(const SeparableApplyArgs& a, int64_t begin, int
       }
     }
     if (use_stencil) {
-      // out[j] = sum_e s_e * buf[2j + q_e], q_e = offset + e: even q reads even[j + q/2], odd q reads
-      // odd[j + (q - 1)/2]; all reads of interior outputs are in range by construction.
-      split_even_odd(buf, row_len, even, odd);
-      for (int64_t e = 0; e < a.x_stencil_len; ++e) {
-        const int64_t q = a.x_stencil_offset + e;
-        src[e] = (q & 1) ? odd + (q - 1) / 2 : even + q / 2;
-      }
-      int64_t j;
-      switch (a.x_stencil_len) {
-        case 5: j = stencil_row<5, T>(dst, src, stencil, 5, jb, je); break;
-        case 6: j = stencil_row<6, T>(dst, src, stencil, 6, jb, je); break;
-        default: j = stencil_row<0, T>(dst, src, stencil, a.x_stencil_len, jb, je); break;
-      }
-      for (; j < je; ++j) {
-        acc_t s = 0;
-        for (int64_t e = 0; e < a.x_stencil_len; ++e) s += stencil[e] * buf[2 * j + a.x_stencil_offset + e];
-        dst[j] = from_acc<T>(s);
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t* plane = buf;
+        if (C > 1) {
+          for (int64_t xx = 0; xx < a.in_cols; ++xx) chan[xx] = buf[xx * C + c];
+          plane = chan;
+        }
+        // out[j] = sum_e s_e * row[2j + q_e]: even q reads even[j + q/2], odd q reads odd[j + (q - 1)/2];
+        // every read of an interior output is in range by construction.
+        split_even_odd(plane, a.in_cols, even, odd);
+        for (int64_t e = 0; e < a.x_stencil_len; ++e) {
+          const int64_t q = a.x_stencil_offset + e;
+          src[e] = (q & 1) ? odd + (q - 1) / 2 : even + q / 2;
+        }
+        if (C == 1) {
+          stencil_interior<T>(dst, src, stencil, a.x_stencil_len, plane, a.x_stencil_offset, jb, je);
+        } else {
+          stencil_interior<acc_t>(chan_out, src, stencil, a.x_stencil_len, plane, a.x_stencil_offset, jb, je);
+          for (int64_t j = jb; j < je; ++j) dst[j * C + c] = from_acc<T>(chan_out[j]);
+        }
       }
     }
   }
