@@ -1,29 +1,20 @@
 // CPU glue of blur_downsample (forward and backward): checks, operator tables, threading. Both
 // directions apply a separable operator with the same kernel (cpu/separable_kernels.h); the backward
 // applies the transposed tables.
-#include "cpu/isa.h"
+#include "cpu/glue.h"
 #include "vtp_ext/blur_downsample.h"
 
 namespace vtp_ext {
 namespace {
 
-cpu::DType cpu_image_dtype(ScalarType t) {
-  switch (t) {
-    case ScalarType::Float: return cpu::DType::kFloat32;
-    case ScalarType::Double: return cpu::DType::kFloat64;
-    case ScalarType::Half: return cpu::DType::kFloat16;
-    case ScalarType::BFloat16: return cpu::DType::kBFloat16;
-    case ScalarType::Byte: return cpu::DType::kUInt8;
-    default: STD_TORCH_CHECK(false, "vtp_ext: unsupported dtype ", dtype_name(t));
-  }
-  return cpu::DType::kFloat32;
-}
+using cpu::check_cpu;
+using cpu::kernel_dtype;
 
 template <typename acc_t>
 void apply(const ImageView& in, Tensor& out, const ImageView& out_view, const AxisOperator& ay,
            const AxisOperator& ax) {
   const AxisTables<acc_t> ty(ay), tx(ax);
-  const cpu::SeparableApplyArgs args{in.t.const_data_ptr(), out.mutable_data_ptr(), cpu_image_dtype(in.t.scalar_type()),
+  const cpu::SeparableApplyArgs args{in.t.const_data_ptr(), out.mutable_data_ptr(), kernel_dtype(in.t.scalar_type()),
                                      in.planes, out_view.planes, in.n_planes, in.channels,
                                      ay.n_in, ax.n_in, in.row_stride,
                                      ay.n_out, ax.n_out, out_view.row_stride,
@@ -31,13 +22,10 @@ void apply(const ImageView& in, Tensor& out, const ImageView& out_view, const Ax
                                      tx.index.data(), tx.weight.data(), tx.count.data(), tx.taps,
                                      tx.stencil.begin, tx.stencil.end, tx.stencil.offset,
                                      static_cast<int64_t>(tx.stencil_weight.size()), tx.stencil_weight.data()};
-  const int64_t items = in.n_planes * ay.n_out;
-  if (items == 0 || ax.n_out == 0) return;
-  // ~64K multiply-adds per task.
+  if (ax.n_out == 0) return;
   const int64_t per_item = ax.n_in * in.channels * ty.taps + ax.n_out * in.channels * tx.taps;
   const auto& k = cpu::kernels();
-  torch::stable::parallel_for(0, items, (int64_t{1} << 16) / (per_item + 1) + 1,
-                              [&](int64_t b, int64_t e) { k.separable_apply(args, b, e); });
+  cpu::parallel(in.n_planes * ay.n_out, per_item, [&](int64_t b, int64_t e) { k.separable_apply(args, b, e); });
 }
 
 // out = A_y · x · A_xᵀ in the memory format the kernels see x in.
@@ -52,10 +40,6 @@ Tensor apply_separable(const Tensor& x, const AxisOperator& ay, const AxisOperat
     apply<float>(in, out, ov, ay, ax);
   }
   return out;
-}
-
-void check_cpu(const Tensor& t, const char* op, const char* arg) {
-  STD_TORCH_CHECK(t.is_cpu(), op, ": ", arg, " must be a CPU tensor for the CPU kernel");
 }
 
 Tensor blur_downsample_cpu(const Tensor& x, std::string mode, double sigma, int64_t kernel_size, std::string border) {

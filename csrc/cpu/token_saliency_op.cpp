@@ -2,29 +2,17 @@
 // token_saliency_kernels.h (compiled per ISA).
 #include <torch/csrc/stable/ops.h>
 
-#include "cpu/isa.h"
+#include "cpu/glue.h"
 #include "vtp_ext/token_saliency.h"
 
 namespace vtp_ext {
 namespace {
 
-cpu::DType cpu_dtype(ScalarType t) {
-  switch (t) {
-    case ScalarType::Float: return cpu::DType::kFloat32;
-    case ScalarType::Double: return cpu::DType::kFloat64;
-    case ScalarType::Half: return cpu::DType::kFloat16;
-    case ScalarType::BFloat16: return cpu::DType::kBFloat16;
-    default: STD_TORCH_CHECK(false, "vtp_ext: unsupported dtype ", dtype_name(t));
-  }
-  return cpu::DType::kFloat32;
-}
+using cpu::check_cpu;
+using cpu::kernel_dtype;
 
 // About 64K elements per task: enough work to amortise a task, small enough to balance 2+ cores.
 int64_t grain_rows(int64_t D) { return D > 0 ? (int64_t{1} << 16) / D + 1 : int64_t{1} << 16; }
-
-void check_cpu(const Tensor& t, const char* op, const char* arg) {
-  STD_TORCH_CHECK(t.is_cpu(), op, ": ", arg, " must be a CPU tensor for the CPU kernel");
-}
 
 Tensor token_saliency_cpu(const Tensor& x, std::string method, int64_t correction) {
   constexpr const char* op = "vtp_ext.token_saliency";
@@ -35,7 +23,7 @@ Tensor token_saliency_cpu(const Tensor& x, std::string method, int64_t correctio
   if (n == 0) return out;
   const Rows xr = rows_of(x, 1);
   const cpu::TokenSaliencyFwdArgs args{xr.t.const_data_ptr(), out.mutable_data_ptr(), xr.idx,
-                                       x.size(x.dim() - 1), correction, m, cpu_dtype(x.scalar_type())};
+                                       x.size(x.dim() - 1), correction, m, kernel_dtype(x.scalar_type())};
   const auto& k = cpu::kernels();
   torch::stable::parallel_for(0, n, grain_rows(args.D), [&](int64_t b, int64_t e) {
     k.token_saliency_fwd(args, b, e);
@@ -55,7 +43,7 @@ Tensor token_saliency_backward_cpu(const Tensor& grad, const Tensor& x, const Te
   const cpu::TokenSaliencyBwdArgs args{gr.t.const_data_ptr(), xr.t.const_data_ptr(),
                                        outr.t.const_data_ptr(), grad_x.mutable_data_ptr(),
                                        gr.idx, xr.idx, outr.idx, x.size(x.dim() - 1), correction, m,
-                                       cpu_dtype(x.scalar_type())};
+                                       kernel_dtype(x.scalar_type())};
   const auto& k = cpu::kernels();
   torch::stable::parallel_for(0, n, grain_rows(args.D), [&](int64_t b, int64_t e) {
     k.token_saliency_bwd(args, b, e);

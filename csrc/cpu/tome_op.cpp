@@ -1,43 +1,15 @@
 // CPU glue of the ToMe ops: bipartite matching, merge and unmerge, and their backward ops.
 #include <vector>
 
-#include "cpu/isa.h"
+#include "cpu/glue.h"
 #include "vtp_ext/tome.h"
 
 namespace vtp_ext {
 namespace {
 
-using torch::headeronly::IntHeaderOnlyArrayRef;
-
-cpu::DType cpu_dtype(ScalarType t) {
-  switch (t) {
-    case ScalarType::Float: return cpu::DType::kFloat32;
-    case ScalarType::Double: return cpu::DType::kFloat64;
-    case ScalarType::Half: return cpu::DType::kFloat16;
-    case ScalarType::BFloat16: return cpu::DType::kBFloat16;
-    default: STD_TORCH_CHECK(false, "vtp_ext: unsupported dtype ", dtype_name(t));
-  }
-  return cpu::DType::kFloat32;
-}
-
-Tensor new_tensor(const Tensor& like, std::initializer_list<int64_t> sizes, ScalarType dtype) {
-  return torch::stable::new_empty(like, IntHeaderOnlyArrayRef(sizes.begin(), sizes.size()), dtype);
-}
-
-// Token rows need a dense last dimension; batch and token strides are used as they are.
-Tensor dense_last(const Tensor& t) {
-  return (t.size(t.dim() - 1) <= 1 || t.stride(t.dim() - 1) == 1) ? t : torch::stable::contiguous(t);
-}
-
-template <typename F>
-void parallel(int64_t n, int64_t work_per_item, const F& f) {
-  if (n <= 0) return;
-  torch::stable::parallel_for(0, n, (int64_t{1} << 15) / (work_per_item + 1) + 1, f);
-}
-
-void check_cpu(const Tensor& t, const char* op, const char* arg) {
-  STD_TORCH_CHECK(t.is_cpu(), op, ": ", arg, " must be a CPU tensor for the CPU kernel");
-}
+using cpu::check_cpu;
+using cpu::kernel_dtype;
+using cpu::parallel;
 
 std::tuple<Tensor, Tensor, Tensor> tome_match_cpu(const Tensor& metric_in, int64_t r, bool class_token,
                                                   bool distill_token) {
@@ -57,7 +29,7 @@ std::tuple<Tensor, Tensor, Tensor> tome_match_cpu(const Tensor& metric_in, int64
   // O(N * C) workspace (unit-norm copies); the O(N^2) score matrix is never formed.
   std::vector<unsigned char> work_a(B * na * C * es), work_bt(B * C * nbp * es, 0), best(B * na * es);
   std::vector<int64_t> best_idx(B * na);
-  const cpu::TomeMatchArgs args{metric.const_data_ptr(), cpu_dtype(metric.scalar_type()), B, N, C, na, nb, nbp, r,
+  const cpu::TomeMatchArgs args{metric.const_data_ptr(), kernel_dtype(metric.scalar_type()), B, N, C, na, nb, nbp, r,
                                 metric.stride(0), metric.stride(1), class_token, distill_token,
                                 work_a.data(), work_bt.data(), best.data(), best_idx.data(),
                                 static_cast<int64_t*>(unm.mutable_data_ptr()),
@@ -70,25 +42,11 @@ std::tuple<Tensor, Tensor, Tensor> tome_match_cpu(const Tensor& metric_in, int64
   return {unm, src, dst};
 }
 
-// Checks shared by every merge-side op; fills the plan part of the kernel arguments.
-struct Plan {
-  TomePlanShape s;
-  Tensor unm, src, dst;  // contiguous
-};
-
-Plan plan_of(const Tensor& x, int64_t N, const Tensor& unm, const Tensor& src, const Tensor& dst, const char* op) {
-  Plan p{check_tome_plan(x.size(0), N, unm, src, dst, op), torch::stable::contiguous(unm),
-         torch::stable::contiguous(src), torch::stable::contiguous(dst)};
-  check_same_device(x, unm, op, "x", "unm_idx");
-  check_same_device(x, src, op, "x", "src_idx");
-  check_same_device(x, dst, op, "x", "dst_idx");
-  check_tome_plan_values(p.s, p.unm, p.src, p.dst, op);
-  return p;
-}
+using Plan = TomePlanTensors;
 
 cpu::TomeMergeArgs merge_args(const Plan& p, const Tensor& x, int64_t D, TomeMode mode, bool distill_token) {
   cpu::TomeMergeArgs a{};
-  a.dtype = cpu_dtype(x.scalar_type());
+  a.dtype = kernel_dtype(x.scalar_type());
   a.mode = mode;
   a.B = p.s.B; a.N = p.s.N; a.D = D; a.na = p.s.na; a.nb = p.s.nb; a.r = p.s.r; a.n_out = p.s.n_out;
   a.distill_token = distill_token;
@@ -106,7 +64,7 @@ std::tuple<Tensor, Tensor> tome_merge_cpu(const Tensor& x_in, const std::optiona
   check_cpu(x_in, op, "x");
   const TomeMode m = parse_tome_mode(mode, op);
   check_size(size, x_in, x_in.size(1), op, "size");
-  const Plan p = plan_of(x_in, x_in.size(1), unm_idx, src_idx, dst_idx, op);
+  const Plan p = tome_plan_of(x_in, x_in.size(1), unm_idx, src_idx, dst_idx, op);
   const Tensor x = dense_last(x_in);
   const int64_t D = x.size(2);
   Tensor out = new_tensor(x, {p.s.B, p.s.n_out, D}, x.scalar_type());
@@ -131,7 +89,7 @@ std::tuple<Tensor, Tensor> tome_merge_backward_cpu(const Tensor& grad_out_in, co
   check_cpu(x_in, op, "x");
   const TomeMode m = parse_tome_mode(mode, op);
   check_size(size, x_in, x_in.size(1), op, "size");
-  const Plan p = plan_of(x_in, x_in.size(1), unm_idx, src_idx, dst_idx, op);
+  const Plan p = tome_plan_of(x_in, x_in.size(1), unm_idx, src_idx, dst_idx, op);
   check_tokens(grad_out_in, op, "grad");
   check_tokens(out_in, op, "out");
   for (const Tensor* t : {&grad_out_in, &out_in}) {
@@ -174,7 +132,7 @@ Tensor tome_unmerge_cpu(const Tensor& y_in, const Tensor& unm_idx, const Tensor&
   check_tokens(y_in, op, "x_merged");
   check_cpu(y_in, op, "x_merged");
   STD_TORCH_CHECK(n >= 0, op, ": n must be >= 0, got ", n);
-  const Plan p = plan_of(y_in, n, unm_idx, src_idx, dst_idx, op);
+  const Plan p = tome_plan_of(y_in, n, unm_idx, src_idx, dst_idx, op);
   STD_TORCH_CHECK(y_in.size(1) == p.s.n_out, op, ": x_merged must have N - r = ", p.s.n_out, " tokens, got ", y_in.size(1));
   const Tensor y = dense_last(y_in);
   const int64_t D = y.size(2);
@@ -197,7 +155,7 @@ Tensor tome_unmerge_backward_cpu(const Tensor& grad_in, const Tensor& unm_idx, c
   constexpr const char* op = "vtp_ext.unmerge_backward";
   check_tokens(grad_in, op, "grad");
   check_cpu(grad_in, op, "grad");
-  const Plan p = plan_of(grad_in, grad_in.size(1), unm_idx, src_idx, dst_idx, op);
+  const Plan p = tome_plan_of(grad_in, grad_in.size(1), unm_idx, src_idx, dst_idx, op);
   const Tensor g = dense_last(grad_in);
   const int64_t D = g.size(2);
   Tensor grad_y = new_tensor(g, {p.s.B, p.s.n_out, D}, g.scalar_type());

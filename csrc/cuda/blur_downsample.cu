@@ -8,18 +8,6 @@
 namespace vtp_ext::cuda {
 namespace {
 
-template <typename F>
-void dispatch_image_types(ScalarType t, F&& f) {
-  switch (t) {
-    case ScalarType::Float: f(float{}); break;
-    case ScalarType::Double: f(double{}); break;
-    case ScalarType::Half: f(__half{}); break;
-    case ScalarType::BFloat16: f(__nv_bfloat16{}); break;
-    case ScalarType::Byte: f(uint8_t{}); break;
-    default: STD_TORCH_CHECK(false, "vtp_ext: unsupported dtype ", dtype_name(t));
-  }
-}
-
 // A host vector as a 1-d tensor on `device`. On a GPU this is a synchronous copy from pageable
 // memory, so `v` may be freed afterwards; under the CPU test runtime the tensor aliases `v`, which
 // the caller keeps alive until the kernel has run (launches there are synchronous).
@@ -72,7 +60,7 @@ Tensor apply_separable(const Tensor& x, const AxisOperator& ay, const AxisOperat
   Tensor out = empty_image(x, in.channels_last, ay.n_out, ax.n_out, x.scalar_type());
   if (out.numel() == 0) return out;
   const ImageView ov = image_view(out, in.channels_last ? 1 : 0);
-  dispatch_image_types(x.scalar_type(), [&](auto tag) { apply<decltype(tag)>(in, ov, ay, ax, op); });
+  dispatch_types<true>(x.scalar_type(), [&](auto tag) { apply<decltype(tag)>(in, ov, ay, ax, op); });
   return out;
 }
 

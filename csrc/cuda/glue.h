@@ -6,6 +6,8 @@
 // vtp_ext_cucpu, key CPU, tensors on the CPU, streams ignored). So the glue is tested together with
 // the kernels.
 #pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdlib>
@@ -82,6 +84,25 @@ inline bool test_flag(const char* name) {
   return false;
 #endif
 }
+
+// Calls f(T{}) with the CUDA storage type of a floating (or, with kUint8, also uint8) dtype.
+template <bool kUint8 = false, typename F>
+void dispatch_types(ScalarType t, F&& f) {
+  switch (t) {
+    case ScalarType::Float: f(float{}); return;
+    case ScalarType::Double: f(double{}); return;
+    case ScalarType::Half: f(__half{}); return;
+    case ScalarType::BFloat16: f(__nv_bfloat16{}); return;
+    default: break;
+  }
+  if constexpr (kUint8) {
+    if (t == ScalarType::Byte) return f(uint8_t{});
+  }
+  STD_TORCH_CHECK(false, "vtp_ext: unsupported dtype ", dtype_name(t));
+}
+
+template <typename T> const T* cptr(const Tensor& t) { return static_cast<const T*>(t.const_data_ptr()); }
+template <typename T> T* mptr(const Tensor& t) { return static_cast<T*>(t.mutable_data_ptr()); }
 
 inline void check_launch(cudaError_t err, const char* op) {
   STD_TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));

@@ -7,17 +7,6 @@
 namespace vtp_ext::cuda {
 namespace {
 
-template <typename F>
-void dispatch_float_types(ScalarType t, F&& f) {
-  switch (t) {
-    case ScalarType::Float: f(float{}); break;
-    case ScalarType::Double: f(double{}); break;
-    case ScalarType::Half: f(__half{}); break;
-    case ScalarType::BFloat16: f(__nv_bfloat16{}); break;
-    default: STD_TORCH_CHECK(false, "vtp_ext: unsupported dtype ", dtype_name(t));
-  }
-}
-
 Tensor token_saliency_cuda(const Tensor& x, std::string method, int64_t correction) {
   constexpr const char* op = "vtp_ext.token_saliency";
   const SaliencyMethod m = check_token_saliency(x, method, correction, op);
@@ -28,7 +17,7 @@ Tensor token_saliency_cuda(const Tensor& x, std::string method, int64_t correcti
   if (n == 0) return out;
   const Rows xr = rows_of(x, 1);
   const int64_t D = x.size(x.dim() - 1);
-  dispatch_float_types(x.scalar_type(), [&](auto tag) {
+  dispatch_types(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     check_launch(launch_token_saliency_fwd<T>(static_cast<const T*>(xr.t.const_data_ptr()),
                                               static_cast<T*>(out.mutable_data_ptr()), xr.idx, n, D,
@@ -50,7 +39,7 @@ Tensor token_saliency_backward_cuda(const Tensor& grad, const Tensor& x, const T
   const int64_t D = x.size(x.dim() - 1);
   if (n == 0 || D == 0) return grad_x;
   const Rows gr = rows_of(grad, 0), xr = rows_of(x, 1), outr = rows_of(out, 0);
-  dispatch_float_types(x.scalar_type(), [&](auto tag) {
+  dispatch_types(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     check_launch(launch_token_saliency_bwd<T>(static_cast<const T*>(gr.t.const_data_ptr()),
                                               static_cast<const T*>(xr.t.const_data_ptr()),

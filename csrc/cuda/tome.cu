@@ -6,30 +6,6 @@
 namespace vtp_ext::cuda {
 namespace {
 
-using torch::headeronly::IntHeaderOnlyArrayRef;
-
-template <typename F>
-void dispatch_float_types(ScalarType t, F&& f) {
-  switch (t) {
-    case ScalarType::Float: f(float{}); break;
-    case ScalarType::Double: f(double{}); break;
-    case ScalarType::Half: f(__half{}); break;
-    case ScalarType::BFloat16: f(__nv_bfloat16{}); break;
-    default: STD_TORCH_CHECK(false, "vtp_ext: unsupported dtype ", dtype_name(t));
-  }
-}
-
-Tensor new_tensor(const Tensor& like, std::initializer_list<int64_t> sizes, ScalarType dtype) {
-  return torch::stable::new_empty(like, IntHeaderOnlyArrayRef(sizes.begin(), sizes.size()), dtype);
-}
-
-Tensor dense_last(const Tensor& t) {
-  return (t.size(t.dim() - 1) <= 1 || t.stride(t.dim() - 1) == 1) ? t : torch::stable::contiguous(t);
-}
-
-template <typename T> const T* cptr(const Tensor& t) { return static_cast<const T*>(t.const_data_ptr()); }
-template <typename T> T* mptr(const Tensor& t) { return static_cast<T*>(t.mutable_data_ptr()); }
-
 void check_grid(int64_t rows, int64_t B, const char* op) {
   STD_TORCH_CHECK(B <= 65535, op, ": the CUDA kernels take at most 65535 batch entries, got ", B);
   STD_TORCH_CHECK(rows <= (int64_t{1} << 31) - 1, op, ": too many tokens for one launch (", rows, ")");
@@ -54,7 +30,7 @@ std::tuple<Tensor, Tensor, Tensor> tome_match_cuda(const Tensor& metric_in, int6
   Tensor wa = new_tensor(metric, {B, na, C}, acc), wb = new_tensor(metric, {B, nb > 0 ? nb : 1, C}, acc);
   Tensor best = new_tensor(metric, {B, na}, acc), best_idx = new_tensor(metric, {B, na}, ScalarType::Long);
   Tensor rank = new_tensor(metric, {B, na}, ScalarType::Long);
-  dispatch_float_types(metric.scalar_type(), [&](auto tag) {
+  dispatch_types(metric.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     using A = acc_of<T>;
     check_launch(launch_tome_match<T>(cptr<T>(metric), metric.stride(0), metric.stride(1), B, N, C, r, class_token,
@@ -66,32 +42,24 @@ std::tuple<Tensor, Tensor, Tensor> tome_match_cuda(const Tensor& metric_in, int6
   return {unm, src, dst};
 }
 
-struct Plan {
-  TomePlanShape s;
-  Tensor unm, src, dst;
-  TomePlanView view(bool distill_token) const {
-    return {cptr<int64_t>(unm), cptr<int64_t>(src), cptr<int64_t>(dst), s.B, s.N, s.na, s.nb, s.r, s.n_out,
-            distill_token};
-  }
-};
+TomePlanView view_of(const TomePlanTensors& p, bool distill_token) {
+  return {cptr<int64_t>(p.unm), cptr<int64_t>(p.src), cptr<int64_t>(p.dst), p.s.B, p.s.N, p.s.na, p.s.nb, p.s.r,
+          p.s.n_out, distill_token};
+}
 
-Plan plan_of(const Tensor& x, int64_t N, const Tensor& unm, const Tensor& src, const Tensor& dst, const char* op) {
-  Plan p{check_tome_plan(x.size(0), N, unm, src, dst, op), torch::stable::contiguous(unm),
-         torch::stable::contiguous(src), torch::stable::contiguous(dst)};
-  check_same_device(x, unm, op, "x", "unm_idx");
-  check_same_device(x, src, op, "x", "src_idx");
-  check_same_device(x, dst, op, "x", "dst_idx");
-  check_tome_plan_values(p.s, p.unm, p.src, p.dst, op);
+TomePlanTensors plan_of(const Tensor& x, int64_t N, const Tensor& unm, const Tensor& src, const Tensor& dst,
+                        const char* op) {
+  TomePlanTensors p = tome_plan_of(x, N, unm, src, dst, op);
   check_grid(std::max(N, p.s.n_out), p.s.B, op);
   return p;
 }
 
 // positions [B, N] and counts [B, n_out] of a plan (see tome_positions_kernel).
-std::pair<Tensor, Tensor> positions_of(const Plan& p, const Tensor& like, bool distill_token, const char* op) {
+std::pair<Tensor, Tensor> positions_of(const TomePlanTensors& p, const Tensor& like, bool distill_token, const char* op) {
   Tensor pos = new_tensor(like, {p.s.B, p.s.N}, ScalarType::Long);
   Tensor cnt = new_tensor(like, {p.s.B, p.s.n_out > 0 ? p.s.n_out : 1}, ScalarType::Int);
   if (p.s.B > 0) {
-    VTP_LAUNCH(tome_positions_kernel, unsigned(p.s.B), 256, 0, current_stream(like), p.view(distill_token),
+    VTP_LAUNCH(tome_positions_kernel, unsigned(p.s.B), 256, 0, current_stream(like), view_of(p, distill_token),
                mptr<int64_t>(pos), mptr<int32_t>(cnt));
     check_launch(cudaGetLastError(), op);
   }
@@ -109,16 +77,16 @@ std::tuple<Tensor, Tensor> tome_merge_cuda(const Tensor& x_in, const std::option
   const TomeMode m = parse_tome_mode(mode, op);
   check_size(size, x_in, x_in.size(1), op, "size");
   const DeviceScope scope(x_in);
-  const Plan p = plan_of(x_in, x_in.size(1), unm_idx, src_idx, dst_idx, op);
+  const TomePlanTensors p = plan_of(x_in, x_in.size(1), unm_idx, src_idx, dst_idx, op);
   const Tensor x = dense_last(x_in);
   const int64_t D = x.size(2);
   Tensor out = new_tensor(x, {p.s.B, p.s.n_out, D}, x.scalar_type());
   Tensor size_out = new_tensor(x, {p.s.B, p.s.n_out}, x.scalar_type());
   if (p.s.B == 0 || p.s.n_out == 0) return {out, size_out};
-  dispatch_float_types(x.scalar_type(), [&](auto tag) {
+  dispatch_types(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     VTP_LAUNCH(tome_merge_kernel<T>, row_grid(p.s.n_out, p.s.B), kTomeRowThreads, 0, current_stream(x),
-               p.view(distill_token), m, cptr<T>(x), x.stride(0), x.stride(1), size ? cptr<T>(*size) : nullptr,
+               view_of(p, distill_token), m, cptr<T>(x), x.stride(0), x.stride(1), size ? cptr<T>(*size) : nullptr,
                size ? size->stride(0) : 0, size ? size->stride(1) : 0, D, mptr<T>(out), mptr<T>(size_out));
     check_launch(cudaGetLastError(), op);
   });
@@ -136,7 +104,7 @@ std::tuple<Tensor, Tensor> tome_merge_backward_cuda(const Tensor& grad_in, const
   const TomeMode m = parse_tome_mode(mode, op);
   check_size(size, x_in, x_in.size(1), op, "size");
   const DeviceScope scope(x_in);
-  const Plan p = plan_of(x_in, x_in.size(1), unm_idx, src_idx, dst_idx, op);
+  const TomePlanTensors p = plan_of(x_in, x_in.size(1), unm_idx, src_idx, dst_idx, op);
   check_tokens(grad_in, op, "grad");
   check_tokens(out_in, op, "out");
   for (const Tensor* t : {&grad_in, &out_in}) {
@@ -154,11 +122,11 @@ std::tuple<Tensor, Tensor> tome_merge_backward_cuda(const Tensor& grad_in, const
   Tensor grad_size = new_tensor(x, {p.s.B, p.s.N}, x.scalar_type());
   if (p.s.B == 0 || p.s.N == 0) return {grad_x, grad_size};
   const auto [pos, cnt] = positions_of(p, x, distill_token, op);
-  dispatch_float_types(x.scalar_type(), [&](auto tag) {
+  dispatch_types(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     const auto& gs = grad_size_out;
     VTP_LAUNCH(tome_merge_bwd_kernel<T>, row_grid(p.s.N, p.s.B), kTomeRowThreads, 0, current_stream(x),
-               p.view(distill_token), m, cptr<int64_t>(pos), cptr<int32_t>(cnt), cptr<T>(g), g.stride(0), g.stride(1),
+               view_of(p, distill_token), m, cptr<int64_t>(pos), cptr<int32_t>(cnt), cptr<T>(g), g.stride(0), g.stride(1),
                gs ? cptr<T>(*gs) : nullptr, gs ? gs->stride(0) : 0, gs ? gs->stride(1) : 0, cptr<T>(x), x.stride(0),
                x.stride(1), size ? cptr<T>(*size) : nullptr, size ? size->stride(0) : 0, size ? size->stride(1) : 0,
                cptr<T>(out), out.stride(0), out.stride(1), cptr<T>(size_out), size_out.stride(0), size_out.stride(1), D,
@@ -175,17 +143,17 @@ Tensor tome_unmerge_cuda(const Tensor& y_in, const Tensor& unm_idx, const Tensor
   check_device(y_in, op, "x_merged");
   STD_TORCH_CHECK(n >= 0, op, ": n must be >= 0, got ", n);
   const DeviceScope scope(y_in);
-  const Plan p = plan_of(y_in, n, unm_idx, src_idx, dst_idx, op);
+  const TomePlanTensors p = plan_of(y_in, n, unm_idx, src_idx, dst_idx, op);
   STD_TORCH_CHECK(y_in.size(1) == p.s.n_out, op, ": x_merged must have N - r = ", p.s.n_out, " tokens, got ", y_in.size(1));
   const Tensor y = dense_last(y_in);
   const int64_t D = y.size(2);
   Tensor out = new_tensor(y, {p.s.B, n, D}, y.scalar_type());
   if (p.s.B == 0 || n == 0) return out;
   const auto [pos, cnt] = positions_of(p, y, distill_token, op);
-  dispatch_float_types(y.scalar_type(), [&](auto tag) {
+  dispatch_types(y.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     VTP_LAUNCH(tome_unmerge_kernel<T>, row_grid(n, p.s.B), kTomeRowThreads, 0, current_stream(y),
-               p.view(distill_token), cptr<int64_t>(pos), cptr<T>(y), y.stride(0), y.stride(1), D, mptr<T>(out));
+               view_of(p, distill_token), cptr<int64_t>(pos), cptr<T>(y), y.stride(0), y.stride(1), D, mptr<T>(out));
     check_launch(cudaGetLastError(), op);
   });
   return out;
@@ -197,15 +165,15 @@ Tensor tome_unmerge_backward_cuda(const Tensor& grad_in, const Tensor& unm_idx, 
   check_tokens(grad_in, op, "grad");
   check_device(grad_in, op, "grad");
   const DeviceScope scope(grad_in);
-  const Plan p = plan_of(grad_in, grad_in.size(1), unm_idx, src_idx, dst_idx, op);
+  const TomePlanTensors p = plan_of(grad_in, grad_in.size(1), unm_idx, src_idx, dst_idx, op);
   const Tensor g = dense_last(grad_in);
   const int64_t D = g.size(2);
   Tensor grad_y = new_tensor(g, {p.s.B, p.s.n_out, D}, g.scalar_type());
   if (p.s.B == 0 || p.s.n_out == 0) return grad_y;
-  dispatch_float_types(g.scalar_type(), [&](auto tag) {
+  dispatch_types(g.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     VTP_LAUNCH(tome_unmerge_bwd_kernel<T>, row_grid(p.s.n_out, p.s.B), kTomeRowThreads, 0, current_stream(g),
-               p.view(distill_token), cptr<T>(g), g.stride(0), g.stride(1), D, mptr<T>(grad_y));
+               view_of(p, distill_token), cptr<T>(g), g.stride(0), g.stride(1), D, mptr<T>(grad_y));
     check_launch(cudaGetLastError(), op);
   });
   return grad_y;

@@ -8,7 +8,9 @@
 #include <torch/headeronly/util/Exception.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <vector>
 #include <string_view>
 
 #include "vtp_ext/row_indexer.h"
@@ -131,6 +133,15 @@ inline Tensor empty_leading(const Tensor& t, int64_t drop, ScalarType dtype) {
   std::vector<int64_t> shape;
   for (int64_t d = 0; d < t.dim() - drop; ++d) shape.push_back(t.size(d));
   return torch::stable::new_empty(t, torch::headeronly::IntHeaderOnlyArrayRef(shape), dtype);
+}
+
+inline Tensor new_tensor(const Tensor& like, std::initializer_list<int64_t> sizes, ScalarType dtype) {
+  return torch::stable::new_empty(like, torch::headeronly::IntHeaderOnlyArrayRef(sizes.begin(), sizes.size()), dtype);
+}
+
+// Kernels read rows with a dense last dimension; other strides are used as they are.
+inline Tensor dense_last(const Tensor& t) {
+  return (t.size(t.dim() - 1) <= 1 || t.stride(t.dim() - 1) == 1) ? t : torch::stable::contiguous(t);
 }
 
 }  // namespace vtp_ext

@@ -74,4 +74,21 @@ inline void check_size(const std::optional<Tensor>& size, const Tensor& x, int64
   check_same_device(x, *size, op, "x", arg);
 }
 
+// A checked plan with contiguous index tensors, on x's device.
+struct TomePlanTensors {
+  TomePlanShape s;
+  Tensor unm, src, dst;
+};
+
+inline TomePlanTensors tome_plan_of(const Tensor& x, int64_t N, const Tensor& unm, const Tensor& src, const Tensor& dst,
+                                    const char* op) {
+  TomePlanTensors p{check_tome_plan(x.size(0), N, unm, src, dst, op), torch::stable::contiguous(unm),
+                    torch::stable::contiguous(src), torch::stable::contiguous(dst)};
+  check_same_device(x, unm, op, "x", "unm_idx");
+  check_same_device(x, src, op, "x", "src_idx");
+  check_same_device(x, dst, op, "x", "dst_idx");
+  check_tome_plan_values(p.s, p.unm, p.src, p.dst, op);
+  return p;
+}
+
 }  // namespace vtp_ext
