@@ -44,9 +44,7 @@ Tensor apply_separable(const Tensor& x, const AxisOperator& ay, const AxisOperat
 
 Tensor blur_downsample_cpu(const Tensor& x, std::string mode, double sigma, int64_t kernel_size, std::string border) {
   constexpr const char* op = "vtp_ext.blur_downsample";
-  check_image(x, op, "x", /*allow_uint8=*/true);
-  const BlurDownsampleConfig cfg = check_blur_downsample_config(mode, sigma, kernel_size, border, op);
-  check_blur_downsample_size(x.size(2), x.size(3), cfg, op);
+  const BlurDownsampleConfig cfg = check_blur_downsample(x, mode, sigma, kernel_size, border, op);
   check_cpu(x, op, "x");
   const bool fpos = x.scalar_type() != ScalarType::Double;
   return apply_separable(x, blur_downsample_axis(x.size(2), cfg, fpos), blur_downsample_axis(x.size(3), cfg, fpos));
@@ -55,10 +53,7 @@ Tensor blur_downsample_cpu(const Tensor& x, std::string mode, double sigma, int6
 Tensor blur_downsample_backward_cpu(const Tensor& grad, int64_t height, int64_t width, std::string mode, double sigma,
                                     int64_t kernel_size, std::string border) {
   constexpr const char* op = "vtp_ext.blur_downsample_backward";
-  check_image(grad, op, "grad", /*allow_uint8=*/false);
-  const BlurDownsampleConfig cfg = check_blur_downsample_config(mode, sigma, kernel_size, border, op);
-  check_blur_downsample_size(height, width, cfg, op);
-  check_blur_downsample_grad_size(grad, height, width, cfg, op);
+  const BlurDownsampleConfig cfg = check_blur_downsample_backward(grad, height, width, mode, sigma, kernel_size, border, op);
   check_cpu(grad, op, "grad");
   const bool fpos = grad.scalar_type() != ScalarType::Double;
   return apply_separable(grad, transpose(blur_downsample_axis(height, cfg, fpos)),

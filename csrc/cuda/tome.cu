@@ -105,17 +105,7 @@ std::tuple<Tensor, Tensor> tome_merge_backward_cuda(const Tensor& grad_in, const
   check_size(size, x_in, x_in.size(1), op, "size");
   const DeviceScope scope(x_in);
   const TomePlanTensors p = plan_of(x_in, x_in.size(1), unm_idx, src_idx, dst_idx, op);
-  check_tokens(grad_in, op, "grad");
-  check_tokens(out_in, op, "out");
-  for (const Tensor* t : {&grad_in, &out_in}) {
-    STD_TORCH_CHECK(t->size(0) == p.s.B && t->size(1) == p.s.n_out && t->size(2) == x_in.size(2), op,
-                    ": grad and out must have shape [B, N - r, D] = [", p.s.B, ", ", p.s.n_out, ", ", x_in.size(2),
-                    "], got ", shape_str(*t));
-    check_same_dtype(x_in, *t, op, "x", "grad/out");
-    check_same_device(x_in, *t, op, "x", "grad/out");
-  }
-  check_size(size_out, x_in, p.s.n_out, op, "size_out");
-  if (grad_size_out) check_size(grad_size_out, x_in, p.s.n_out, op, "grad_size");
+  check_tome_merge_backward(p.s, x_in, grad_in, out_in, size_out, grad_size_out, op);
   const Tensor x = dense_last(x_in), g = dense_last(grad_in), out = dense_last(out_in);
   const int64_t D = x.size(2);
   Tensor grad_x = new_tensor(x, {p.s.B, p.s.N, D}, x.scalar_type());

@@ -68,6 +68,17 @@ inline void check_blur_downsample_grad_size(const Tensor& grad, int64_t height, 
                   width, " input, ", h, "x", w, ", got ", grad.size(2), "x", grad.size(3));
 }
 
+inline void check_image(const Tensor& x, const char* op, const char* arg, bool allow_uint8);
+
+// The checks of blur_downsample(x, ...) and blur_downsample_backward(grad, height, width, ...).
+inline BlurDownsampleConfig check_blur_downsample(const Tensor& x, const std::string& mode, double sigma,
+                                                  int64_t kernel_size, const std::string& border, const char* op) {
+  check_image(x, op, "x", /*allow_uint8=*/true);
+  const BlurDownsampleConfig cfg = check_blur_downsample_config(mode, sigma, kernel_size, border, op);
+  check_blur_downsample_size(x.size(2), x.size(3), cfg, op);
+  return cfg;
+}
+
 inline bool is_image_dtype(ScalarType t) { return is_floating(t) || t == ScalarType::Byte; }
 
 // How the kernels see a [B, C, H, W] tensor: planes of rows of pixels of `channels` contiguous
@@ -139,5 +150,15 @@ struct AxisTables {
         n_out(op.n_out), n_in(op.n_in), stencil(find_uniform_stencil(op)),
         stencil_weight(stencil.weight.begin(), stencil.weight.end()) {}
 };
+
+inline BlurDownsampleConfig check_blur_downsample_backward(const Tensor& grad, int64_t height, int64_t width,
+                                                           const std::string& mode, double sigma, int64_t kernel_size,
+                                                           const std::string& border, const char* op) {
+  check_image(grad, op, "grad", /*allow_uint8=*/false);
+  const BlurDownsampleConfig cfg = check_blur_downsample_config(mode, sigma, kernel_size, border, op);
+  check_blur_downsample_size(height, width, cfg, op);
+  check_blur_downsample_grad_size(grad, height, width, cfg, op);
+  return cfg;
+}
 
 }  // namespace vtp_ext

@@ -91,4 +91,20 @@ inline TomePlanTensors tome_plan_of(const Tensor& x, int64_t N, const Tensor& un
   return p;
 }
 
+// Everything merge_backward checks beyond x and the plan: grad / out [B, N - r, D], sizes [B, N - r].
+inline void check_tome_merge_backward(const TomePlanShape& s, const Tensor& x, const Tensor& grad, const Tensor& out,
+                                      const Tensor& size_out, const std::optional<Tensor>& grad_size, const char* op) {
+  check_tokens(grad, op, "grad");
+  check_tokens(out, op, "out");
+  for (const Tensor* t : {&grad, &out}) {
+    STD_TORCH_CHECK(t->size(0) == s.B && t->size(1) == s.n_out && t->size(2) == x.size(2), op,
+                    ": grad and out must have shape [B, N - r, D] = [", s.B, ", ", s.n_out, ", ", x.size(2), "], got ",
+                    shape_str(*t));
+    check_same_dtype(x, *t, op, "x", "grad/out");
+    check_same_device(x, *t, op, "x", "grad/out");
+  }
+  check_size(size_out, x, s.n_out, op, "size_out");
+  if (grad_size) check_size(grad_size, x, s.n_out, op, "grad_size");
+}
+
 }  // namespace vtp_ext
