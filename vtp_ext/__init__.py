@@ -11,8 +11,10 @@ from ._version import __version__
 _C = load_extension()
 
 from .ops import token_saliency  # noqa: E402
+from .ops import gather_tokens, segmented_topk  # noqa: E402
 
 __all__ = ["__version__", "token_saliency", "cuda_built"]
+__all__ += ["segmented_topk", "gather_tokens"]
 
 
 def cuda_built() -> bool:

@@ -34,11 +34,59 @@ struct TokenSaliencyBwdArgs {
   DType dtype;
 };
 
+struct SegmentedTopkArgs {
+  const void* scores;        // [B, L], addressed by the two strides
+  int64_t row_stride, col_stride;
+  const int64_t* offsets;    // [S+1]
+  const int64_t* seg_k;      // [B*S] k clamped to the segment length
+  const int64_t* seg_start;  // [B*S] where the (row, segment)'s selection starts in its output row
+  const int64_t* lengths;    // [B] total selected per row
+  void* values;              // [B, max_k], contiguous, dtype of scores
+  int64_t* indices;          // [B, max_k], contiguous
+  int64_t B, S, max_k;
+  bool largest, by_index;
+  DType dtype;
+};
+
+// out[b, k, :] = x[b, indices[b, k], :] (zeros for -1).
+struct GatherRowsArgs {
+  const void* x;             // [B, L, D] with any strides
+  int64_t x_sb, x_sl, x_sd;
+  const int64_t* indices;    // [B, K] with any strides
+  int64_t idx_sb, idx_sk;
+  void* out;                 // [B, K, D], contiguous
+  int64_t B, K, L, D;
+  DType dtype;
+};
+
+// out[b, l, :] = sum of src[b, j, :] over the j with indices[b, j] == l, summed in increasing j.
+// Two phases, as on the GPU: an inverse map (first j and count per (b, l)), then one task per output
+// row, so the sum order -- and hence the rounding -- is the same on both backends and every output
+// row has exactly one writer.
+struct ScatterRowsArgs {
+  const void* src;           // [B, K, D] with any strides
+  int64_t src_sb, src_sk, src_sd;
+  const int64_t* indices;    // [B, K] with any strides
+  int64_t idx_sb, idx_sk;
+  int32_t* first;            // [B, L] scratch: smallest j pointing at (b, l)
+  int32_t* count;            // [B, L] scratch: how many j point at (b, l)
+  void* out;                 // [B, L, D], contiguous
+  int64_t B, K, L, D;
+  DType dtype;
+};
+
 // Each entry processes rows [begin, end); the caller splits rows over threads.
 struct KernelTable {
   const char* isa;
   void (*token_saliency_fwd)(const TokenSaliencyFwdArgs&, int64_t begin, int64_t end);
   void (*token_saliency_bwd)(const TokenSaliencyBwdArgs&, int64_t begin, int64_t end);
+  // tasks are (row, segment) pairs b * S + s; the task of a row's last segment also pads that row
+  void (*segmented_topk)(const SegmentedTopkArgs&, int64_t begin, int64_t end);
+  // tasks are output rows b * K + k; returns false if an index was out of range (that row is zeroed)
+  bool (*gather_rows)(const GatherRowsArgs&, int64_t begin, int64_t end);
+  // phase 1 over batch rows b (returns false if an index was out of range); phase 2 over b * L + l
+  bool (*scatter_rows_index)(const ScatterRowsArgs&, int64_t begin, int64_t end);
+  void (*scatter_rows_sum)(const ScatterRowsArgs&, int64_t begin, int64_t end);
 };
 
 // The table for the best instruction set this CPU supports; VTP_EXT_CPU_ISA=base forces the

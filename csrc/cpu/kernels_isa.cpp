@@ -8,11 +8,14 @@
 
 #include "cpu/isa.h"
 #include "cpu/token_saliency_kernels.h"
+#include "cpu/segmented_topk_kernels.h"
+#include "cpu/gather_tokens_kernels.h"
 
 namespace vtp_ext::cpu::VTP_ISA {
 
 const KernelTable& table() {
-  static const KernelTable t{VTP_STR(VTP_ISA), &token_saliency_fwd, &token_saliency_bwd};
+  static const KernelTable t{VTP_STR(VTP_ISA), &token_saliency_fwd, &token_saliency_bwd,
+                             &segmented_topk, &gather_rows, &scatter_rows_index, &scatter_rows_sum};
   return t;
 }
 

@@ -11,6 +11,16 @@ inline void define_schemas(torch::stable::detail::StableLibrary& m) {
   m.def("token_saliency(Tensor x, str method=\"variance\", int correction=1) -> Tensor");
   // grad [..., N], x [..., N, D], out = token_saliency(x) [..., N] -> grad_x [..., N, D]
   m.def("token_saliency_backward(Tensor grad, Tensor x, Tensor out, str method, int correction) -> Tensor");
+  // scores [B, L], offsets [S+1] int64, k [B, S] int64 -> values [B, max_k], indices [B, max_k] int64
+  // (-1 = padding), lengths [B] int64; order "score" or "index".
+  m.def("segmented_topk(Tensor scores, Tensor offsets, Tensor k, int max_k, bool largest=True, "
+        "str order=\"score\") -> (Tensor, Tensor, Tensor)");
+  // grad_values [B, max_k], indices [B, max_k] -> grad_scores [B, L] (scatter-add at indices)
+  m.def("segmented_topk_backward(Tensor grad_values, Tensor indices, int L) -> Tensor");
+  // x [B, L, D], indices [B, K] int64 (-1 = zeros) -> [B, K, D]
+  m.def("gather_tokens(Tensor x, Tensor indices) -> Tensor");
+  // grad [B, K, D], indices [B, K] -> grad_x [B, L, D] (scatter-add at indices)
+  m.def("gather_tokens_backward(Tensor grad, Tensor indices, int L) -> Tensor");
 }
 
 }  // namespace vtp_ext
