@@ -22,7 +22,7 @@ inline bool parse_topk_order(const std::string& order, const char* op) {
 // A contiguous CPU copy of t (t itself when it already is one).
 inline Tensor host_contiguous(const Tensor& t) {
   Tensor h = t.is_cpu() ? t : torch::stable::to(t, torch::stable::Device(torch::headeronly::DeviceType::CPU));
-  return torch::stable::contiguous(h);
+  return h.is_contiguous() ? h : torch::stable::contiguous(h);
 }
 
 inline Tensor host_empty_long(int64_t n) {
