@@ -12,9 +12,11 @@ _C = load_extension()
 
 from .ops import token_saliency  # noqa: E402
 from .ops import gather_tokens, segmented_topk  # noqa: E402
+from .ops import gumbel_noise, gumbel_topk, philox4x32_10  # noqa: E402
 
 __all__ = ["__version__", "token_saliency", "cuda_built"]
 __all__ += ["segmented_topk", "gather_tokens"]
+__all__ += ["gumbel_topk", "gumbel_noise", "philox4x32_10"]
 
 
 def cuda_built() -> bool:

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 
+#include "vtp_ext/gumbel_math.h"
 #include "vtp_ext/row_indexer.h"
 #include "vtp_ext/saliency_math.h"
 
@@ -75,6 +76,23 @@ struct ScatterRowsArgs {
   DType dtype;
 };
 
+// gumbel_topk (forward and backward) and gumbel_noise; one task per row.
+struct GumbelArgs {
+  const void* logits;        // [B, N], addressed by the two strides
+  int64_t logits_rs, logits_cs;
+  const void* grad;          // backward: [B, N] upstream gradient of the mask, addressed by its strides
+  int64_t grad_rs, grad_cs;
+  const int64_t* k;          // [B], clamped to [0, N]
+  void* out;                 // [B, N], contiguous: the mask, grad_logits, or (gumbel_noise) the noise
+  int64_t B, N;
+  double tau;
+  uint64_t seed;
+  int64_t step;              // gumbel_noise only
+  GumbelMode mode;
+  bool training;
+  DType dtype;               // of logits; gumbel_noise writes float64 for kFloat64, float32 otherwise
+};
+
 // Each entry processes rows [begin, end); the caller splits rows over threads.
 struct KernelTable {
   const char* isa;
@@ -87,6 +105,10 @@ struct KernelTable {
   // phase 1 over batch rows b (returns false if an index was out of range); phase 2 over b * L + l
   bool (*scatter_rows_index)(const ScatterRowsArgs&, int64_t begin, int64_t end);
   void (*scatter_rows_sum)(const ScatterRowsArgs&, int64_t begin, int64_t end);
+  void (*gumbel_noise)(const GumbelArgs&, int64_t begin, int64_t end);
+  // return false if a row holds NaN or +inf (the op's error); rows are tasks
+  bool (*gumbel_topk_fwd)(const GumbelArgs&, int64_t begin, int64_t end);
+  bool (*gumbel_topk_bwd)(const GumbelArgs&, int64_t begin, int64_t end);
 };
 
 // The table for the best instruction set this CPU supports; VTP_EXT_CPU_ISA=base forces the

@@ -10,12 +10,14 @@
 #include "cpu/token_saliency_kernels.h"
 #include "cpu/segmented_topk_kernels.h"
 #include "cpu/gather_tokens_kernels.h"
+#include "cpu/gumbel_topk_kernels.h"
 
 namespace vtp_ext::cpu::VTP_ISA {
 
 const KernelTable& table() {
   static const KernelTable t{VTP_STR(VTP_ISA), &token_saliency_fwd, &token_saliency_bwd,
-                             &segmented_topk, &gather_rows, &scatter_rows_index, &scatter_rows_sum};
+                             &segmented_topk, &gather_rows, &scatter_rows_index, &scatter_rows_sum,
+                             &gumbel_noise, &gumbel_topk_fwd, &gumbel_topk_bwd};
   return t;
 }
 

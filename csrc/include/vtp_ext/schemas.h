@@ -21,6 +21,15 @@ inline void define_schemas(torch::stable::detail::StableLibrary& m) {
   m.def("gather_tokens(Tensor x, Tensor indices) -> Tensor");
   // grad [B, K, D], indices [B, K] -> grad_x [B, L, D] (scatter-add at indices)
   m.def("gather_tokens_backward(Tensor grad, Tensor indices, int L) -> Tensor");
+  // logits [B, N], k [B] int64 -> 0/1 mask [B, N]; mode "sequential" or "single"
+  m.def("gumbel_topk(Tensor logits, Tensor k, float tau, int seed, str mode, bool training) -> Tensor");
+  // grad [B, N] (of the mask) -> grad_logits [B, N]; regenerates the forward's noise
+  m.def("gumbel_topk_backward(Tensor grad, Tensor logits, Tensor k, float tau, int seed, str mode, "
+        "bool training) -> Tensor");
+  // the noise gumbel_topk adds at `step` to logits shaped like `logits` ([B, N]; float32, or float64)
+  m.def("gumbel_noise(Tensor logits, int seed, int step) -> Tensor");
+  // counter [n, 4], key [n, 2] (int64 holding uint32 words) -> [n, 4]: the generator behind the noise
+  m.def("philox4x32_10(Tensor counter, Tensor key) -> Tensor");
 }
 
 }  // namespace vtp_ext
