@@ -259,3 +259,113 @@ def test_gather_tokens_bad_index_same_message(cucpu):
                 getattr(cucpu, op)(*args)
             tail = lambda e: str(e.value).split(", ", 2)[-1].split("\n")[0]  # noqa: E731
             assert tail(cpu_err) == tail(cuda_err) and "indices must be -1 or in [0, L) = [0, 5)" in tail(cpu_err)
+
+
+# --------------------------------------------------------------------------------------------- gumbel
+PHILOX_KAT = [
+    ([0, 0, 0, 0], [0, 0], [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]),
+    ([0xffffffff] * 4, [0xffffffff] * 2, [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]),
+    ([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0],
+     [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]),
+]
+
+
+def test_philox_known_answers_on_the_cuda_path(cucpu, max_blocks):
+    counter = torch.tensor([c for c, _, _ in PHILOX_KAT] * 5)
+    key = torch.tensor([k for _, k, _ in PHILOX_KAT] * 5)
+    for blocks in (None, 1):
+        max_blocks(blocks)
+        assert cucpu.philox4x32_10(counter, key).tolist() == [e for _, _, e in PHILOX_KAT] * 5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
+def test_gumbel_noise_bit_identical(cucpu, max_blocks, dtype):
+    for blocks in (None, 1, 3):
+        max_blocks(blocks)
+        for seed, shape, step in [(0, (1, 1), 0), (-7, (3, 5), 2), (2**62 + 3, (5, 577), 287), (9, (2, 1030), 4),
+                                  (1, (0, 4), 0)]:
+            like = torch.empty(shape, dtype=dtype)
+            expected = torch.ops.vtp_ext.gumbel_noise(like, seed, step)
+            got = cucpu.gumbel_noise(like, seed, step)
+            assert got.dtype == expected.dtype and torch.equal(got, expected), (seed, shape, step)
+
+
+def gumbel_case(B, N, gen, dtype, special=False):
+    logits = torch.randn(B, N, generator=gen, dtype=torch.float64).to(dtype)
+    if special and B * N:
+        logits.view(-1)[torch.randint(0, B * N, (max(1, B * N // 8),), generator=gen)] = -float("inf")
+        logits[0, :] = -float("inf")  # a row with no finite entry
+    k = torch.randint(0, N + 2, (B,), generator=gen)
+    if B:
+        k[0] = min(N, 3)
+    grad = torch.randn(B, N, generator=gen, dtype=torch.float64).to(dtype)
+    return logits, k, grad
+
+
+GUMBEL_SHAPES = [
+    (1, 1, "one entry"),
+    (3, 7, "N not a multiple of the Philox block"),
+    (4, 64, "several columns per thread"),
+    (2, 1100, "more Philox blocks than threads"),
+    (0, 5, "no rows"),
+    (3, 0, "no columns"),
+]
+
+
+@pytest.mark.parametrize("B,N,_what", GUMBEL_SHAPES, ids=[s[2] for s in GUMBEL_SHAPES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", ["sequential", "single"])
+def test_gumbel_topk_cuda_kernels(cucpu, B, N, _what, dtype, mode):
+    gen = torch.Generator().manual_seed(B * 7 + N)
+    for special in (False, True):
+        logits, k, grad = gumbel_case(B, N, gen, dtype, special)
+        for training in (True, False):
+            args = (logits, k, 2.5, 1234, mode, training)
+            expected = torch.ops.vtp_ext.gumbel_topk(*args)
+            got = cucpu.gumbel_topk(*args)
+            assert torch.equal(got, expected), (special, training)  # same noise, same picks
+            g_cpu = torch.ops.vtp_ext.gumbel_topk_backward(grad, *args)
+            g_cuda = cucpu.gumbel_topk_backward(grad, *args)
+            tol = dict(rtol=1e-9, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+            if dtype in (torch.float16, torch.bfloat16):
+                tol = TOLERANCES[dtype]
+            torch.testing.assert_close(g_cuda, g_cpu, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_gumbel_topk_global_scratch_and_grid_stride(cucpu, max_blocks, monkeypatch, dtype):
+    gen = torch.Generator().manual_seed(5)
+    logits, k, grad = gumbel_case(5, 70, gen, dtype, special=True)
+    views = {"contiguous": logits, "column-major": logits.t().contiguous().t()}
+    for smem in (None, "0"):  # shared-memory row state, or the global scratch rows
+        if smem is None:
+            monkeypatch.delenv("VTP_CUCPU_GUMBEL_SMEM_BYTES", raising=False)
+        else:
+            monkeypatch.setenv("VTP_CUCPU_GUMBEL_SMEM_BYTES", smem)
+        for blocks in (None, 1, 2):
+            max_blocks(blocks)
+            for name, x in views.items():
+                for mode in ("sequential", "single"):
+                    args = (x, k, 1.5, -99, mode, True)
+                    assert torch.equal(cucpu.gumbel_topk(*args), torch.ops.vtp_ext.gumbel_topk(*args)), name
+                    torch.testing.assert_close(cucpu.gumbel_topk_backward(grad.t().contiguous().t(), *args),
+                                               torch.ops.vtp_ext.gumbel_topk_backward(grad, *args),
+                                               rtol=1e-4 if dtype == torch.float32 else 1e-9,
+                                               atol=1e-5 if dtype == torch.float32 else 1e-12)
+
+
+def test_gumbel_topk_bad_input_same_message(cucpu):
+    nan = torch.tensor([[0.0, float("nan"), 1.0], [0.0, 1.0, 2.0]])
+    inf = torch.tensor([[0.0, 1.0, 2.0], [0.0, float("inf"), 2.0]])
+    for args in [(nan, torch.tensor([1, 1]), 5.0, 1, "sequential", True),
+                 (inf, torch.tensor([1, 1]), 5.0, 1, "single", True),
+                 (inf, torch.tensor([1, 1]), 5.0, 1, "single", False),
+                 (torch.randn(2, 3), torch.tensor([1, -1]), 5.0, 1, "single", True),
+                 (torch.randn(2, 3), torch.tensor([1, 1]), 0.0, 1, "single", True)]:
+        for op, call_args in (("gumbel_topk", args), ("gumbel_topk_backward", (torch.randn(2, 3),) + args)):
+            with pytest.raises(RuntimeError) as cpu_err:
+                getattr(torch.ops.vtp_ext, op)(*call_args)
+            with pytest.raises(RuntimeError) as cuda_err:
+                getattr(cucpu, op)(*call_args)
+            tail = lambda e: str(e.value).split(", ", 2)[-1].split("\n")[0]  # noqa: E731
+            assert tail(cpu_err) == tail(cuda_err)

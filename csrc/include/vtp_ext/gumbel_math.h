@@ -34,7 +34,6 @@ VTP_HD_INLINE Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, ui
                                        uint32_t k1) {
   constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;  // round multipliers
   constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;  // key schedule (golden ratio, sqrt(3) - 1)
-VTP_UNROLL
   for (int round = 0; round < 10; ++round) {
     if (round > 0) {
       k0 += kW0;
@@ -135,12 +134,15 @@ VTP_HD_INLINE Philox4x32 noise_block(uint64_t seed, int64_t row, int64_t step, u
 template <typename acc_t> struct GumbelNoise;
 template <> struct GumbelNoise<float> {
   static constexpr int kPerBlock = 4;
-  VTP_HD_INLINE static float from_block(const Philox4x32& p, int lane) { return gumbel_from_bits(p.v[lane]); }
+  // Selects instead of indexing p.v with a run-time lane, which would put p in GPU local memory.
+  VTP_HD_INLINE static float from_block(const Philox4x32& p, int lane) {
+    return gumbel_from_bits(lane == 0 ? p.v[0] : lane == 1 ? p.v[1] : lane == 2 ? p.v[2] : p.v[3]);
+  }
 };
 template <> struct GumbelNoise<double> {
   static constexpr int kPerBlock = 2;
   VTP_HD_INLINE static double from_block(const Philox4x32& p, int lane) {
-    return gumbel_from_bits(p.v[2 * lane], p.v[2 * lane + 1]);
+    return lane == 0 ? gumbel_from_bits(p.v[0], p.v[1]) : gumbel_from_bits(p.v[2], p.v[3]);
   }
 };
 
@@ -183,7 +185,6 @@ VTP_HD_INLINE double exp_nonpositive(double x) {
                                1.0 / 40320.0,     1.0 / 5040.0,     1.0 / 720.0,     1.0 / 120.0,
                                1.0 / 24.0,        1.0 / 6.0,        0.5,             1.0,
                                1.0};
-VTP_UNROLL
   for (int i = 0; i < 13; ++i) p = fma(p, r, inv_fact[i]);
   return p * bits_to_double(uint64_t(int64_t(n) + 1023) << 52);
 }
