@@ -6,6 +6,7 @@
 // skipped), so the compiler can vectorise the Philox blocks, the log/exp evaluations and the reductions.
 // Scratch is O(N) per thread, plus O(N sqrt(k)) for the single-mode backward's checkpoints.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -60,11 +61,52 @@ static bool load_logits(const GumbelArgs& a, int64_t b, acc_t* out) {
   return ok;
 }
 
+// exp of x <= 0 over a row, in two passes (see exp_core in vtp_ext/gumbel_math.h for why).
+template <typename acc_t>
+static void exp_row(acc_t* x, int64_t N) {
+  for (int64_t j = 0; j < N; ++j) x[j] = exp_floor(x[j]);
+  for (int64_t j = 0; j < N; ++j) x[j] = zero_unless(x[j] > ExpFloor<acc_t>::value, exp_core(x[j]));
+}
+
+// Reductions over a row with 8 independent lanes, which the compiler turns into one SIMD accumulator
+// (a single running sum would have to stay scalar to keep its rounding order).
+constexpr int kLanes = 8;
+
 template <typename acc_t>
 static acc_t row_max(const acc_t* v, int64_t N) {
+  acc_t lane[kLanes];
+  for (int l = 0; l < kLanes; ++l) lane[l] = -std::numeric_limits<acc_t>::infinity();
+  int64_t j = 0;
+  for (; j + kLanes <= N; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane[l] = std::max(lane[l], v[j + l]);
   acc_t m = -std::numeric_limits<acc_t>::infinity();
-  for (int64_t j = 0; j < N; ++j) m = v[j] > m ? v[j] : m;
+  for (; j < N; ++j) m = std::max(m, v[j]);
+  for (int l = 0; l < kLanes; ++l) m = std::max(m, lane[l]);
   return m;
+}
+
+template <typename acc_t>
+static acc_t row_dot(const acc_t* a, const acc_t* b, int64_t N) {
+  acc_t lane[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= N; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane[l] += a[j + l] * b[j + l];
+  acc_t tail = 0;
+  for (; j < N; ++j) tail += a[j] * b[j];
+  for (int l = 0; l < kLanes; ++l) tail += lane[l];
+  return tail;
+}
+
+template <typename acc_t>
+static acc_t row_sum(const acc_t* a, int64_t N) {
+  acc_t lane[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= N; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane[l] += a[j + l];
+  acc_t tail = 0;
+  for (; j < N; ++j) tail += a[j];
+  for (int l = 0; l < kLanes; ++l) tail += lane[l];
+  return tail;
 }
 
 // Sequential argmax of z over the unpicked entries (picked ones are -inf in z); ties and an all -inf
@@ -155,23 +197,17 @@ static void softmax_tempered(const acc_t* v, int64_t N, acc_t inv_tau, acc_t* p)
     for (int64_t j = 0; j < N; ++j) p[j] = 0;
     return;
   }
-  acc_t sum = 0;
-  for (int64_t j = 0; j < N; ++j) {
-    p[j] = exp_nonpositive((v[j] - m) * inv_tau);
-    sum += p[j];
-  }
-  const acc_t inv = acc_t(1) / sum;
-  for (int64_t j = 0; j < N; ++j) p[j] *= inv;
+  for (int64_t j = 0; j < N; ++j) p[j] = (v[j] - m) * inv_tau;
+  exp_row(p, N);
+  const acc_t sum = row_sum(p, N);
+  for (int64_t j = 0; j < N; ++j) p[j] /= sum;  // a division keeps every p <= 1 (see log_keep)
 }
 
 // alpha += log(max(1 - p, tiny)): Xie & Ermon's soft removal of what step p took.
 template <typename acc_t>
 static void soft_remove(acc_t* alpha, const acc_t* p, int64_t N) {
   constexpr acc_t kTiny = std::numeric_limits<acc_t>::min();
-  for (int64_t j = 0; j < N; ++j) {
-    const acc_t keep = acc_t(1) - p[j];
-    alpha[j] += exact_log(keep > kTiny ? keep : kTiny);
-  }
+  for (int64_t j = 0; j < N; ++j) alpha[j] += log_keep(p[j], kTiny);
 }
 
 template <typename T>
@@ -212,13 +248,9 @@ static bool gumbel_bwd_rows(const GumbelArgs& a, int64_t begin, int64_t end) {
           acc_t m;
           const int64_t pick = pick_step(z, s.picked.data(), N, &m);
           if (m != kNegInf) {
-            acc_t sum = 0, dot = 0;
-            for (int64_t j = 0; j < N; ++j) {
-              z[j] = exp_nonpositive((z[j] - m) * inv_tau);
-              sum += z[j];
-              dot += z[j] * g[j];
-            }
-            const acc_t inv = acc_t(1) / sum, centre = dot * inv;
+            for (int64_t j = 0; j < N; ++j) z[j] = (z[j] - m) * inv_tau;
+            exp_row(z, N);  // 0 where picked (z = -inf)
+            const acc_t inv = acc_t(1) / row_sum(z, N), centre = row_dot(z, g, N) * inv;
             for (int64_t j = 0; j < N; ++j) acc[j] += z[j] * inv * (g[j] - centre);
           }
           s.picked[pick] = 1;
@@ -255,12 +287,11 @@ static bool gumbel_bwd_rows(const GumbelArgs& a, int64_t begin, int64_t end) {
           }
           for (int64_t j = j1 - 1; j >= j0; --j) {
             const acc_t* p = s.probs.data() + (j - j0) * N;
-            acc_t dot = 0;
-            for (int64_t i = 0; i < N; ++i) {
+            for (int64_t i = 0; i < N; ++i) {  // d L / d p_j; no gradient where the clamp is active
               const acc_t keep = acc_t(1) - p[i];
-              z[i] = g[i] - (keep > kTiny ? alpha_bar[i] / keep : acc_t(0));  // d L / d p_j
-              dot += p[i] * z[i];
+              z[i] = g[i] - zero_unless(keep > kTiny, alpha_bar[i] / keep);
             }
+            const acc_t dot = row_dot(p, z, N);
             for (int64_t i = 0; i < N; ++i) alpha_bar[i] += inv_tau * p[i] * (z[i] - dot);
           }
         }

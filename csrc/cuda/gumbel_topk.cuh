@@ -253,16 +253,12 @@ __device__ void softmax_tempered_row(const acc_t* v, int64_t N, acc_t inv_tau, a
     sum += p[j];
   });
   block_sum2(sum, unused, slot_a, slot_b);
-  const acc_t inv = acc_t(1) / sum;
-  for_own_columns<acc_t>(N, [&](int64_t j, int64_t, int) { p[j] *= inv; });
+  for_own_columns<acc_t>(N, [&](int64_t j, int64_t, int) { p[j] /= sum; });  // p <= 1 (see log_keep)
 }
 
 template <typename acc_t>
 __device__ __forceinline__ void soft_remove_row(acc_t* alpha, const acc_t* p, int64_t N) {
-  for_own_columns<acc_t>(N, [&](int64_t j, int64_t, int) {
-    const acc_t keep = acc_t(1) - p[j];
-    alpha[j] += exact_log(keep > AccLimits<acc_t>::tiny() ? keep : AccLimits<acc_t>::tiny());
-  });
+  for_own_columns<acc_t>(N, [&](int64_t j, int64_t, int) { alpha[j] += log_keep(p[j], AccLimits<acc_t>::tiny()); });
 }
 
 template <typename T>
@@ -312,7 +308,7 @@ gumbel_single_bwd_kernel(const T* __restrict__ grad, int64_t grs, int64_t gcs, c
           acc_t dot = 0, unused = 0;
           for_own_columns<acc_t>(N, [&](int64_t j, int64_t, int) {
             const acc_t keep = acc_t(1) - p[j];
-            z[j] = g[j] - (keep > AccLimits<acc_t>::tiny() ? alpha_bar[j] / keep : acc_t(0));
+            z[j] = g[j] - zero_unless(keep > AccLimits<acc_t>::tiny(), alpha_bar[j] / keep);
             dot += p[j] * z[j];
           });
           block_sum2(dot, unused, slot_a, slot_b);

@@ -160,11 +160,27 @@ VTP_HD_INLINE int64_t ceil_sqrt(int64_t k) {
   return c;
 }
 
+// v where keep, else +0.0, through a bit mask rather than a select (v may be inf or NaN where dropped).
+VTP_HD_INLINE float zero_unless(bool keep, float v) { return bits_to_float(float_to_bits(v) & (0u - uint32_t(keep))); }
+VTP_HD_INLINE double zero_unless(bool keep, double v) {
+  return bits_to_double(double_to_bits(v) & (0ull - uint64_t(keep)));
+}
+
 // exp(x) for x <= 0 (softmax weights), about 1 ulp, with the same operations on both backends so the
-// CPU and CUDA gradients agree closely. Range reduction x = n ln2 + r, |r| <= ln2/2, then Taylor.
-VTP_HD_INLINE float exp_nonpositive(float x) {
-  if (!(x > -87.0f)) return 0.0f;  // also -inf (and NaN, which the callers exclude)
-  const float n = floorf(fmaf(x, 1.44269504089f, 0.5f));
+// CPU and CUDA gradients agree closely: exp_nonpositive(x) = exp_core(exp_floor(x)), 0 below the floor.
+// The pieces are separate so that CPU loops can apply them in separate passes: with the clamp and the
+// polynomial in one loop, GCC specialises the clamped (constant) path and the loop no longer vectorises.
+template <typename acc_t> struct ExpFloor;
+template <> struct ExpFloor<float> { static constexpr float value = -87.0f; };
+template <> struct ExpFloor<double> { static constexpr double value = -708.0; };
+template <typename acc_t>
+VTP_HD_INLINE acc_t exp_floor(acc_t x) { return x > ExpFloor<acc_t>::value ? x : ExpFloor<acc_t>::value; }
+
+// exp(x) for x in [floor, 0]: x = n ln2 + r, |r| <= ln2/2 (n rounded by adding and removing 1.5 * 2^23),
+// then Taylor in r.
+VTP_HD_INLINE float exp_core(float x) {
+  constexpr float kRound = 12582912.0f;
+  const float n = fmaf(x, 1.44269504089f, kRound) - kRound;
   const float r = fmaf(n, -1.42860677e-6f, fmaf(n, -6.93145752e-1f, x));  // n ln2_hi is exact
   float p = fmaf(r, 1.0f / 5040.0f, 1.0f / 720.0f);
   p = fmaf(p, r, 1.0f / 120.0f);
@@ -176,17 +192,38 @@ VTP_HD_INLINE float exp_nonpositive(float x) {
   return p * bits_to_float(uint32_t(int32_t(n) + 127) << 23);
 }
 
-VTP_HD_INLINE double exp_nonpositive(double x) {
-  if (!(x > -708.0)) return 0.0;
-  const double n = floor(fma(x, 1.4426950408889634, 0.5));
+VTP_HD_INLINE double exp_core(double x) {
+  constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52
+  const double n = fma(x, 1.4426950408889634, kRound) - kRound;
   const double r = fma(n, -1.90821492927058770002e-10, fma(n, -6.93147180369123816490e-01, x));
-  double p = 1.0 / 6227020800.0;  // 1/13!
-  const double inv_fact[13] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0,
-                               1.0 / 40320.0,     1.0 / 5040.0,     1.0 / 720.0,     1.0 / 120.0,
-                               1.0 / 24.0,        1.0 / 6.0,        0.5,             1.0,
-                               1.0};
-  for (int i = 0; i < 13; ++i) p = fma(p, r, inv_fact[i]);
+  double p = 1.0 / 6227020800.0;  // 1/13!, then Horner down to 1/0!
+  p = fma(p, r, 1.0 / 479001600.0);
+  p = fma(p, r, 1.0 / 39916800.0);
+  p = fma(p, r, 1.0 / 3628800.0);
+  p = fma(p, r, 1.0 / 362880.0);
+  p = fma(p, r, 1.0 / 40320.0);
+  p = fma(p, r, 1.0 / 5040.0);
+  p = fma(p, r, 1.0 / 720.0);
+  p = fma(p, r, 1.0 / 120.0);
+  p = fma(p, r, 1.0 / 24.0);
+  p = fma(p, r, 1.0 / 6.0);
+  p = fma(p, r, 0.5);
+  p = fma(p, r, 1.0);
+  p = fma(p, r, 1.0);
   return p * bits_to_double(uint64_t(int64_t(n) + 1023) << 52);
+}
+
+template <typename acc_t>
+VTP_HD_INLINE acc_t exp_nonpositive(acc_t x) {
+  const acc_t clamped = exp_floor(x);
+  return zero_unless(clamped > ExpFloor<acc_t>::value, exp_core(clamped));
+}
+
+// log(max(1 - p, tiny)) for a probability p <= 1 (computed as e / sum with e <= sum, so 1 - p >= 0):
+// 1 - p is 0 or at least 2^-24 (2^-53), where adding tiny is exact, so no select is needed.
+template <typename acc_t>
+VTP_HD_INLINE acc_t log_keep(acc_t p, acc_t tiny) {
+  return exact_log((acc_t(1) - p) + tiny);
 }
 
 }  // namespace vtp_ext
