@@ -233,3 +233,272 @@ def test_tome_ties_and_zero_rows_match(cucpu):
     for metric in (torch.ones(2, 40, 8), torch.cat([torch.zeros(1, 3, 8), torch.randn(1, 37, 8)], 1)):
         for a, b in zip(cucpu.tome_match(metric, 9, False, False), torch.ops.vtp_ext.tome_match(metric, 9, False, False)):
             assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------- selection
+def random_topk_case(B, L, S, gen, dtype, ties=False, special=False):
+    cuts = torch.randint(0, L + 1, (S - 1,), generator=gen).sort().values.tolist() if S > 1 else []
+    offsets = torch.tensor([0] + cuts + [L])
+    lens = offsets[1:] - offsets[:-1]
+    k = (torch.rand(B, S, generator=gen) * (lens + 3).double()).long()
+    k[torch.rand(B, S, generator=gen) < 0.2] = 0
+    if ties:
+        scores = torch.randint(-3, 4, (B, L), generator=gen).to(dtype)
+    else:
+        scores = torch.randn(B, L, generator=gen, dtype=torch.float64).to(dtype)
+    if special and scores.numel():
+        flat = scores.view(-1)
+        pick = torch.randint(0, flat.numel(), (max(1, flat.numel() // 10),), generator=gen)
+        flat[pick] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0], dtype=dtype)[
+            torch.arange(pick.numel()) % 5]
+    return scores, offsets, k, int(k.sum(1).max()) + 1 if B else 2
+
+
+def assert_topk_equal(got, expected):
+    for g, e, name in zip(got, expected, ("values", "indices", "lengths")):
+        torch.testing.assert_close(g, e, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{name}: {m}")
+
+
+# (B, L, S, what it covers). Budgets: 24 KiB of keys = 6144 float / 3072 double keys in shared memory.
+TOPK_SHAPES = [
+    (1, 1, 1, "one entry"),
+    (3, 37, 3, "short segments, chunk tail"),
+    (4, 576, 1, "CLIP row: keys + bitonic sort in shared memory"),
+    (2, 700, 5, "several segments per row, empty ones"),
+    (2, 7000, 2, "segment longer than the shared key budget: keys from global memory"),
+    (0, 5, 2, "no rows"),
+    (3, 0, 2, "no columns"),
+]
+
+
+@pytest.mark.parametrize("B,L,S,_what", TOPK_SHAPES, ids=[s[3] for s in TOPK_SHAPES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("order", ["score", "index"])
+def test_segmented_topk_cuda_kernels(cucpu, B, L, S, _what, dtype, order):
+    gen = torch.Generator().manual_seed(L * 31 + S)
+    for ties, special in [(False, False), (True, True)]:
+        scores, offsets, k, max_k = random_topk_case(B, L, S, gen, dtype, ties, special)
+        for largest in (True, False):
+            expected = torch.ops.vtp_ext.segmented_topk(scores, offsets, k, max_k, largest, order)
+            got = cucpu.segmented_topk(scores, offsets, k, max_k, largest, order)
+            assert_topk_equal(got, expected)
+            grad = torch.randn(B, max_k, generator=gen, dtype=torch.float64).to(dtype)
+            torch.testing.assert_close(cucpu.segmented_topk_backward(grad, got[1], L),
+                                       torch.ops.vtp_ext.segmented_topk_backward(grad, expected[1], L), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_segmented_topk_fallbacks_and_grid_stride(cucpu, max_blocks, monkeypatch, dtype):
+    gen = torch.Generator().manual_seed(99)
+    cases = [random_topk_case(5, 300, 4, gen, dtype, ties=True, special=True),
+             random_topk_case(3, 130, 1, gen, dtype)]
+    big = torch.zeros(5, 2 * 300 + 1, dtype=dtype)
+    big[:, 1::2] = cases[0][0]
+    cases.append((big[:, 1::2], *cases[0][1:]))  # strided columns
+    cases.append((cases[0][0].t().contiguous().t(), *cases[0][1:]))  # column-major
+    # budgets: default; keys from global memory; sort by counting ranks in global scratch; both
+    budgets = [(None, None), ("64", None), (None, "64"), ("0", "0")]
+    for blocks in (None, 1, 3):
+        max_blocks(blocks)
+        for key_bytes, sort_bytes in budgets:
+            for name, value in (("VTP_CUCPU_TOPK_KEY_BYTES", key_bytes), ("VTP_CUCPU_TOPK_SORT_BYTES", sort_bytes)):
+                if value is None:
+                    monkeypatch.delenv(name, raising=False)
+                else:
+                    monkeypatch.setenv(name, value)
+            for scores, offsets, k, max_k in cases:
+                for order in ("score", "index"):
+                    expected = torch.ops.vtp_ext.segmented_topk(scores, offsets, k, max_k, True, order)
+                    assert_topk_equal(cucpu.segmented_topk(scores, offsets, k, max_k, True, order), expected)
+
+
+def test_segmented_topk_bad_input_same_message(cucpu):
+    s = torch.randn(2, 10)
+    for args in [(s, torch.tensor([0, 6, 5, 10]), torch.zeros(2, 3, dtype=torch.int64), 3),
+                 (s, torch.tensor([0, 4, 10]), torch.tensor([[1, -1], [0, 0]]), 3),
+                 (s, torch.tensor([0, 4, 10]), torch.tensor([[3, 3], [0, 0]]), 5),
+                 (s, torch.tensor([0, 4, 9]), torch.zeros(2, 2, dtype=torch.int64), 3)]:
+        with pytest.raises(RuntimeError) as cpu_err:
+            torch.ops.vtp_ext.segmented_topk(*args)
+        with pytest.raises(RuntimeError) as cuda_err:
+            cucpu.segmented_topk(*args)
+        tail = lambda e: str(e.value).split(", ", 2)[-1].split("\n")[0]  # noqa: E731
+        assert tail(cpu_err) == tail(cuda_err)
+    for op in ("segmented_topk_backward",):
+        for bad in (torch.tensor([[0, 10]]), torch.tensor([[-2, 0]])):
+            with pytest.raises(RuntimeError, match=r"indices must be -1 or in \[0, L\) = \[0, 10\)"):
+                getattr(cucpu, op)(torch.randn(1, 2), bad, 10)
+
+
+GATHER_SHAPES = [
+    ((1, 1, 1, 1), "one element"),
+    ((2, 10, 4, 3), "small, odd D"),
+    ((3, 40, 17, 64), "several blocks"),
+    ((2, 576, 115, 33), "CLIP-like token count"),
+    ((2, 5, 0, 8), "K = 0"),
+    ((0, 5, 3, 2), "no rows"),
+    ((2, 6, 4, 0), "D = 0"),
+    ((2, 0, 3, 4), "L = 0 (only -1 indices)"),
+]
+
+
+@pytest.mark.parametrize("shape,_what", GATHER_SHAPES, ids=[s[1] for s in GATHER_SHAPES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gather_tokens_cuda_kernels(cucpu, shape, _what, dtype):
+    B, L, K, D = shape
+    gen = torch.Generator().manual_seed(B * 1000 + L * 10 + K)
+    x = torch.randn(B, L, D, generator=gen, dtype=torch.float64).to(dtype)
+    for unique in (True, False):
+        if L == 0 or B == 0:
+            idx = torch.full((B, K), -1, dtype=torch.int64)
+        elif unique:
+            idx = torch.stack([torch.randperm(L, generator=gen)[: min(K, L)] for _ in range(B)]).reshape(B, -1)
+        else:
+            idx = torch.randint(0, L, (B, K), generator=gen)
+        idx[torch.rand(idx.shape, generator=gen) < 0.2] = -1
+        out = cucpu.gather_tokens(x, idx)
+        torch.testing.assert_close(out, torch.ops.vtp_ext.gather_tokens(x, idx), rtol=0, atol=0)
+        grad = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(dtype)
+        # Repeated indices are summed in the same order on both backends: bit-identical.
+        torch.testing.assert_close(cucpu.gather_tokens_backward(grad, idx, L),
+                                   torch.ops.vtp_ext.gather_tokens_backward(grad, idx, L), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gather_tokens_grid_stride_and_strides(cucpu, max_blocks, dtype):
+    gen = torch.Generator().manual_seed(17)
+    x = torch.randn(4, 30, 20, generator=gen, dtype=torch.float64).to(dtype)
+    idx = torch.randint(-1, 30, (4, 25), generator=gen)
+    grad = torch.randn(4, 25, 20, generator=gen, dtype=torch.float64).to(dtype)
+    xs = {"contiguous": x, "transposed": x.transpose(0, 1).contiguous().transpose(0, 1),
+          "strided D": torch.stack([x, x], -1)[..., 0]}
+    for blocks in (None, 1, 3):
+        max_blocks(blocks)
+        for name, xi in xs.items():
+            torch.testing.assert_close(cucpu.gather_tokens(xi, idx), torch.ops.vtp_ext.gather_tokens(xi, idx),
+                                       rtol=0, atol=0, msg=lambda m: f"{name}: {m}")
+        for gi in (grad, grad.transpose(0, 1).contiguous().transpose(0, 1)):
+            torch.testing.assert_close(cucpu.gather_tokens_backward(gi, idx.t().contiguous().t(), 30),
+                                       torch.ops.vtp_ext.gather_tokens_backward(gi, idx, 30), rtol=0, atol=0)
+
+
+def test_gather_tokens_bad_index_same_message(cucpu):
+    x = torch.randn(2, 5, 3)
+    for bad in (torch.tensor([[0, 5], [0, 0]]), torch.tensor([[0, 1], [-2, 0]])):
+        for op, args in (("gather_tokens", (x, bad)), ("gather_tokens_backward", (torch.randn(2, 2, 3), bad, 5))):
+            with pytest.raises(RuntimeError) as cpu_err:
+                getattr(torch.ops.vtp_ext, op)(*args)
+            with pytest.raises(RuntimeError) as cuda_err:
+                getattr(cucpu, op)(*args)
+            tail = lambda e: str(e.value).split(", ", 2)[-1].split("\n")[0]  # noqa: E731
+            assert tail(cpu_err) == tail(cuda_err) and "indices must be -1 or in [0, L) = [0, 5)" in tail(cpu_err)
+
+
+# --------------------------------------------------------------------------------------------- gumbel
+PHILOX_KAT = [
+    ([0, 0, 0, 0], [0, 0], [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]),
+    ([0xffffffff] * 4, [0xffffffff] * 2, [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]),
+    ([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0],
+     [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]),
+]
+
+
+def test_philox_known_answers_on_the_cuda_path(cucpu, max_blocks):
+    counter = torch.tensor([c for c, _, _ in PHILOX_KAT] * 5)
+    key = torch.tensor([k for _, k, _ in PHILOX_KAT] * 5)
+    for blocks in (None, 1):
+        max_blocks(blocks)
+        assert cucpu.philox4x32_10(counter, key).tolist() == [e for _, _, e in PHILOX_KAT] * 5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
+def test_gumbel_noise_bit_identical(cucpu, max_blocks, dtype):
+    for blocks in (None, 1, 3):
+        max_blocks(blocks)
+        for seed, shape, step in [(0, (1, 1), 0), (-7, (3, 5), 2), (2**62 + 3, (5, 577), 287), (9, (2, 1030), 4),
+                                  (1, (0, 4), 0)]:
+            like = torch.empty(shape, dtype=dtype)
+            expected = torch.ops.vtp_ext.gumbel_noise(like, seed, step)
+            got = cucpu.gumbel_noise(like, seed, step)
+            assert got.dtype == expected.dtype and torch.equal(got, expected), (seed, shape, step)
+
+
+def gumbel_case(B, N, gen, dtype, special=False):
+    logits = torch.randn(B, N, generator=gen, dtype=torch.float64).to(dtype)
+    if special and B * N:
+        logits.view(-1)[torch.randint(0, B * N, (max(1, B * N // 8),), generator=gen)] = -float("inf")
+        logits[0, :] = -float("inf")  # a row with no finite entry
+    k = torch.randint(0, N + 2, (B,), generator=gen)
+    if B:
+        k[0] = min(N, 3)
+    grad = torch.randn(B, N, generator=gen, dtype=torch.float64).to(dtype)
+    return logits, k, grad
+
+
+GUMBEL_SHAPES = [
+    (1, 1, "one entry"),
+    (3, 7, "N not a multiple of the Philox block"),
+    (4, 64, "several columns per thread"),
+    (2, 1100, "more Philox blocks than threads"),
+    (0, 5, "no rows"),
+    (3, 0, "no columns"),
+]
+
+
+@pytest.mark.parametrize("B,N,_what", GUMBEL_SHAPES, ids=[s[2] for s in GUMBEL_SHAPES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", ["sequential", "single"])
+def test_gumbel_topk_cuda_kernels(cucpu, B, N, _what, dtype, mode):
+    gen = torch.Generator().manual_seed(B * 7 + N)
+    for special in (False, True):
+        logits, k, grad = gumbel_case(B, N, gen, dtype, special)
+        for training in (True, False):
+            args = (logits, k, 2.5, 1234, mode, training)
+            expected = torch.ops.vtp_ext.gumbel_topk(*args)
+            got = cucpu.gumbel_topk(*args)
+            assert torch.equal(got, expected), (special, training)  # same noise, same picks
+            g_cpu = torch.ops.vtp_ext.gumbel_topk_backward(grad, *args)
+            g_cuda = cucpu.gumbel_topk_backward(grad, *args)
+            tol = dict(rtol=1e-9, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+            if dtype in (torch.float16, torch.bfloat16):
+                tol = TOLERANCES[dtype]
+            torch.testing.assert_close(g_cuda, g_cpu, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_gumbel_topk_global_scratch_and_grid_stride(cucpu, max_blocks, monkeypatch, dtype):
+    gen = torch.Generator().manual_seed(5)
+    logits, k, grad = gumbel_case(5, 70, gen, dtype, special=True)
+    views = {"contiguous": logits, "column-major": logits.t().contiguous().t()}
+    for smem in (None, "0"):  # shared-memory row state, or the global scratch rows
+        if smem is None:
+            monkeypatch.delenv("VTP_CUCPU_GUMBEL_SMEM_BYTES", raising=False)
+        else:
+            monkeypatch.setenv("VTP_CUCPU_GUMBEL_SMEM_BYTES", smem)
+        for blocks in (None, 1, 2):
+            max_blocks(blocks)
+            for name, x in views.items():
+                for mode in ("sequential", "single"):
+                    args = (x, k, 1.5, -99, mode, True)
+                    assert torch.equal(cucpu.gumbel_topk(*args), torch.ops.vtp_ext.gumbel_topk(*args)), name
+                    torch.testing.assert_close(cucpu.gumbel_topk_backward(grad.t().contiguous().t(), *args),
+                                               torch.ops.vtp_ext.gumbel_topk_backward(grad, *args),
+                                               rtol=1e-4 if dtype == torch.float32 else 1e-9,
+                                               atol=1e-5 if dtype == torch.float32 else 1e-12)
+
+
+def test_gumbel_topk_bad_input_same_message(cucpu):
+    nan = torch.tensor([[0.0, float("nan"), 1.0], [0.0, 1.0, 2.0]])
+    inf = torch.tensor([[0.0, 1.0, 2.0], [0.0, float("inf"), 2.0]])
+    for args in [(nan, torch.tensor([1, 1]), 5.0, 1, "sequential", True),
+                 (inf, torch.tensor([1, 1]), 5.0, 1, "single", True),
+                 (inf, torch.tensor([1, 1]), 5.0, 1, "single", False),
+                 (torch.randn(2, 3), torch.tensor([1, -1]), 5.0, 1, "single", True),
+                 (torch.randn(2, 3), torch.tensor([1, 1]), 0.0, 1, "single", True)]:
+        for op, call_args in (("gumbel_topk", args), ("gumbel_topk_backward", (torch.randn(2, 3),) + args)):
+            with pytest.raises(RuntimeError) as cpu_err:
+                getattr(torch.ops.vtp_ext, op)(*call_args)
+            with pytest.raises(RuntimeError) as cuda_err:
+                getattr(cucpu, op)(*call_args)
+            tail = lambda e: str(e.value).split(", ", 2)[-1].split("\n")[0]  # noqa: E731
+            assert tail(cpu_err) == tail(cuda_err)

@@ -10,13 +10,15 @@ from ._version import __version__
 
 _C = load_extension()
 
-from .ops import (GaussianPyramid, MergePlan, bipartite_matching, blur_downsample, gaussian_pyramid,  # noqa: E402
-                  merge, merge_source, token_saliency, unmerge)
+from .ops import (GaussianPyramid, MergePlan, bipartite_matching, blur_downsample, gather_tokens,  # noqa: E402
+                  gaussian_pyramid, gumbel_noise, gumbel_topk, merge, merge_source, philox4x32_10, segmented_topk,
+                  token_saliency, unmerge)
 
 from . import nn  # noqa: E402  (modules built on the ops)
 
 __all__ = ["__version__", "token_saliency", "blur_downsample", "gaussian_pyramid", "GaussianPyramid", "MergePlan",
-           "bipartite_matching", "merge", "unmerge", "merge_source", "cuda_built"]
+           "bipartite_matching", "merge", "unmerge", "merge_source", "segmented_topk", "gather_tokens", "gumbel_topk",
+           "gumbel_noise", "philox4x32_10", "cuda_built"]
 
 
 def cuda_built() -> bool:

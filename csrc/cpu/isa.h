@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 
+#include "vtp_ext/gumbel_math.h"
 #include "vtp_ext/row_indexer.h"
 #include "vtp_ext/saliency_math.h"
 #include "vtp_ext/tome_math.h"
@@ -99,6 +100,64 @@ struct TomeMergeArgs {
   int32_t* counts;     // [B][n_out] members per output row (workspace)
 };
 
+struct SegmentedTopkArgs {
+  const void* scores;        // [B, L], addressed by the two strides
+  int64_t row_stride, col_stride;
+  const int64_t* offsets;    // [S+1]
+  const int64_t* seg_k;      // [B*S] k clamped to the segment length
+  const int64_t* seg_start;  // [B*S] where the (row, segment)'s selection starts in its output row
+  const int64_t* lengths;    // [B] total selected per row
+  void* values;              // [B, max_k], contiguous, dtype of scores
+  int64_t* indices;          // [B, max_k], contiguous
+  int64_t B, S, max_k;
+  bool largest, by_index;
+  DType dtype;
+};
+
+// out[b, k, :] = x[b, indices[b, k], :] (zeros for -1).
+struct GatherRowsArgs {
+  const void* x;             // [B, L, D] with any strides
+  int64_t x_sb, x_sl, x_sd;
+  const int64_t* indices;    // [B, K] with any strides
+  int64_t idx_sb, idx_sk;
+  void* out;                 // [B, K, D], contiguous
+  int64_t B, K, L, D;
+  DType dtype;
+};
+
+// out[b, l, :] = sum of src[b, j, :] over the j with indices[b, j] == l, summed in increasing j.
+// Two phases, as on the GPU: an inverse map (first j and count per (b, l)), then one task per output
+// row, so the sum order -- and hence the rounding -- is the same on both backends and every output
+// row has exactly one writer.
+struct ScatterRowsArgs {
+  const void* src;           // [B, K, D] with any strides
+  int64_t src_sb, src_sk, src_sd;
+  const int64_t* indices;    // [B, K] with any strides
+  int64_t idx_sb, idx_sk;
+  int32_t* first;            // [B, L] scratch: smallest j pointing at (b, l)
+  int32_t* count;            // [B, L] scratch: how many j point at (b, l)
+  void* out;                 // [B, L, D], contiguous
+  int64_t B, K, L, D;
+  DType dtype;
+};
+
+// gumbel_topk (forward and backward) and gumbel_noise; one task per row.
+struct GumbelArgs {
+  const void* logits;        // [B, N], addressed by the two strides
+  int64_t logits_rs, logits_cs;
+  const void* grad;          // backward: [B, N] upstream gradient of the mask, addressed by its strides
+  int64_t grad_rs, grad_cs;
+  const int64_t* k;          // [B], clamped to [0, N]
+  void* out;                 // [B, N], contiguous: the mask, grad_logits, or (gumbel_noise) the noise
+  int64_t B, N;
+  double tau;
+  uint64_t seed;
+  int64_t step;              // gumbel_noise only
+  GumbelMode mode;
+  bool training;
+  DType dtype;               // of logits; gumbel_noise writes float64 for kFloat64, float32 otherwise
+};
+
 // Each entry processes rows [begin, end); the caller splits rows over threads.
 struct KernelTable {
   const char* isa;
@@ -113,6 +172,17 @@ struct KernelTable {
   void (*tome_merge_bwd)(const TomeMergeArgs&, int64_t begin, int64_t end);   // items: B * N
   void (*tome_unmerge)(const TomeMergeArgs&, int64_t begin, int64_t end);     // items: B * N (x -> out)
   void (*tome_unmerge_bwd)(const TomeMergeArgs&, int64_t begin, int64_t end); // items: B * n_out
+  // tasks are (row, segment) pairs b * S + s; the task of a row's last segment also pads that row
+  void (*segmented_topk)(const SegmentedTopkArgs&, int64_t begin, int64_t end);
+  // tasks are output rows b * K + k; returns false if an index was out of range (that row is zeroed)
+  bool (*gather_rows)(const GatherRowsArgs&, int64_t begin, int64_t end);
+  // phase 1 over batch rows b (returns false if an index was out of range); phase 2 over b * L + l
+  bool (*scatter_rows_index)(const ScatterRowsArgs&, int64_t begin, int64_t end);
+  void (*scatter_rows_sum)(const ScatterRowsArgs&, int64_t begin, int64_t end);
+  void (*gumbel_noise)(const GumbelArgs&, int64_t begin, int64_t end);
+  // return false if a row holds NaN or +inf (the op's error); rows are tasks
+  bool (*gumbel_topk_fwd)(const GumbelArgs&, int64_t begin, int64_t end);
+  bool (*gumbel_topk_bwd)(const GumbelArgs&, int64_t begin, int64_t end);
 };
 
 // The table for the best instruction set this CPU supports; VTP_EXT_CPU_ISA=base forces the

@@ -10,13 +10,18 @@
 #include "cpu/separable_kernels.h"
 #include "cpu/token_saliency_kernels.h"
 #include "cpu/tome_kernels.h"
+#include "cpu/segmented_topk_kernels.h"
+#include "cpu/gather_tokens_kernels.h"
+#include "cpu/gumbel_topk_kernels.h"
 
 namespace vtp_ext::cpu::VTP_ISA {
 
 const KernelTable& table() {
   static const KernelTable t{VTP_STR(VTP_ISA), &token_saliency_fwd, &token_saliency_bwd, &separable_apply,
-                                &tome_normalize, &tome_best, &tome_plan, &tome_positions, &tome_merge,
-                                &tome_merge_bwd, &tome_unmerge, &tome_unmerge_bwd};
+                             &tome_normalize, &tome_best, &tome_plan, &tome_positions, &tome_merge,
+                             &tome_merge_bwd, &tome_unmerge, &tome_unmerge_bwd,
+                             &segmented_topk, &gather_rows, &scatter_rows_index, &scatter_rows_sum,
+                             &gumbel_noise, &gumbel_topk_fwd, &gumbel_topk_bwd};
   return t;
 }
 

@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdlib>
+#include <string>
 #include <torch/csrc/stable/accelerator.h>
 
 #include "vtp_ext/stable_utils.h"
@@ -106,6 +107,28 @@ template <typename T> T* mptr(const Tensor& t) { return static_cast<T*>(t.mutabl
 
 inline void check_launch(cudaError_t err, const char* op) {
   STD_TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
+}
+
+// A kernel-specific size limit (shared-memory budget, ...). Under the CPU runtime the environment
+// variable `name` can lower it so tests reach the fallback paths with small inputs.
+inline int64_t cucpu_limit(const char* name, int64_t default_value) {
+#if defined(CUCPU)
+  if (const char* env = std::getenv(name)) {
+    const long long v = std::atoll(env);
+    if (v >= 0 && v < default_value) return v;
+  }
+#endif
+  (void)name;
+  return default_value;
+}
+
+// Raises `message` if a kernel flagged bad input data in `flag` (a one-element int32 tensor on the
+// kernels' device, zero before the launch). Reading it synchronises with the stream: this is how ops
+// whose validity depends on device data (index ranges, NaN) fail with an error instead of a device assert.
+inline void check_device_flag(const Tensor& flag, const std::string& message) {
+  const Tensor host =
+      flag.is_cpu() ? flag : torch::stable::to(flag, torch::stable::Device(torch::headeronly::DeviceType::CPU));
+  STD_TORCH_CHECK(*static_cast<const int32_t*>(host.const_data_ptr()) == 0, message);
 }
 
 }  // namespace vtp_ext::cuda
