@@ -25,10 +25,3 @@
   type* name = reinterpret_cast<type*>(vtp_dyn_smem_)
 #endif
 #endif
-
-// Full unrolling of short fixed-count loops in code compiled by both nvcc and the host compiler.
-#if defined(__CUDACC__)
-#define VTP_UNROLL _Pragma("unroll")
-#else
-#define VTP_UNROLL _Pragma("GCC unroll 16")
-#endif
