@@ -1,6 +1,7 @@
 // CPU kernels of ToMe: bipartite matching (normalise, tiled best-match, ranking) and the
 // merge / unmerge reductions with their backward passes. Compiled per ISA from kernels_isa.cpp.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "cpu/isa.h"
@@ -101,27 +102,29 @@ static void tome_best_tiles(const TomeMatchArgs& a, int64_t begin, int64_t end) 
   }
 }
 
+// Sorting by the shared ranking order gives the same ranks as the CUDA kernel's O(na^2) counting,
+// in O(na log na).
 template <typename acc_t>
 static void tome_plan_batches(const TomeMatchArgs& a, int64_t begin, int64_t end) {
   const acc_t* best = static_cast<const acc_t*>(a.best);
   const int64_t n_kept = a.na - a.r;
+  int64_t* order = new int64_t[a.na];
   for (int64_t b = begin; b < end; ++b) {
     const acc_t* s = best + b * a.na;
     int64_t* unm = a.unm_idx + b * n_kept;
-    int64_t kept = 0;
-    for (int64_t i = 0; i < a.na; ++i) {
-      int64_t rank = 0;
-      for (int64_t j = 0; j < a.na; ++j) rank += tome_ranks_before(s[j], j, s[i], i, a.class_token);
-      if (rank < a.r) {
-        a.src_idx[b * a.r + rank] = i;
-        a.dst_idx[b * a.r + rank] = a.best_idx[b * a.na + i];
-      } else if (a.class_token) {
-        unm[kept++] = i;  // ascending source order: the class token first (ToMe sorts kept tokens then)
-      } else {
-        unm[rank - a.r] = i;  // descending score order, as ToMe keeps them without a class token
-      }
+    for (int64_t i = 0; i < a.na; ++i) order[i] = i;
+    std::sort(order, order + a.na,
+              [&](int64_t i, int64_t j) { return tome_ranks_before(s[i], i, s[j], j, a.class_token); });
+    for (int64_t rank = 0; rank < a.r; ++rank) {
+      a.src_idx[b * a.r + rank] = order[rank];
+      a.dst_idx[b * a.r + rank] = a.best_idx[b * a.na + order[rank]];
     }
+    for (int64_t k = 0; k < n_kept; ++k) unm[k] = order[a.r + k];
+    // With a class token ToMe keeps the sources in ascending order (the class token first); without
+    // one they stay in descending score order.
+    if (a.class_token) std::sort(unm, unm + n_kept);
   }
+  delete[] order;
 }
 
 // ---------------------------------------------------------------------------------------- merging
