@@ -5,7 +5,6 @@ path supports, tails, empty inputs, single-block, multi-block and grid-stride la
 and under AddressSanitizer + UBSan."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -95,11 +94,6 @@ def test_token_saliency_bad_input_same_message(cucpu):
             cucpu.token_saliency(*args)
         tail = lambda e: str(e.value).split(", ", 2)[-1].split("\n")[0]  # noqa: E731 (drop function/file prefix)
         assert tail(cpu_err) == tail(cuda_err)
-
-
-def test_runs_in_the_requested_thread_order():
-    """Makes the thread order of this run visible in the log (CI runs both)."""
-    print(f"CUCPU_REVERSE={os.environ.get('CUCPU_REVERSE', '0')}")
 
 
 # ---------------------------------------------------------------------------------------- blur_downsample
