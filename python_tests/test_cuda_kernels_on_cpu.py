@@ -5,7 +5,6 @@ path supports, tails, empty inputs, single-block, multi-block and grid-stride la
 and under AddressSanitizer + UBSan."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 
