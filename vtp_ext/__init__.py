@@ -14,7 +14,7 @@ from .ops import (GaussianPyramid, MergePlan, bipartite_matching, blur_downsampl
                   gaussian_pyramid, gumbel_noise, gumbel_topk, merge, merge_source, philox4x32_10, segmented_topk,
                   token_saliency, unmerge)
 
-from . import nn  # noqa: E402  (modules built on the ops)
+from . import flops, methods, models, nn  # noqa: E402,F401  (modules built on the ops)
 
 __all__ = ["__version__", "token_saliency", "blur_downsample", "gaussian_pyramid", "GaussianPyramid", "MergePlan",
            "bipartite_matching", "merge", "unmerge", "merge_source", "segmented_topk", "gather_tokens", "gumbel_topk",

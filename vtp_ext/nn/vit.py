@@ -59,14 +59,31 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed_tokens(self, images: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """CLS + patch embeddings with positions, before the pre-norm (where a budget token is appended)."""
         patches = self.patch_embed(images).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(images.shape[0], -1, -1), patches], 1)
-        return self.pre_norm(x + self.pos_embed)
+        return x + self._positions(images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size,
+                                   interpolate_pos_encoding)
 
-    def forward(self, images: torch.Tensor, output_hidden_states: bool = False
+    def _positions(self, gh: int, gw: int, interpolate: bool) -> torch.Tensor:
+        g = self.image_size // self.patch_size
+        if (gh, gw) == (g, g):
+            return self.pos_embed
+        if not interpolate:
+            raise ValueError(f"vtp_ext.nn.ViT: images give a {gh}x{gw} patch grid, the model has {g}x{g}; "
+                             "pass interpolate_pos_encoding=True to resize the position embeddings")
+        # Bicubic resize of the patch-position grid, as HF CLIP's interpolate_pos_encoding does.
+        grid = self.pos_embed[:, 1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)
+        grid = nn.functional.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
+        return torch.cat([self.pos_embed[:, :1], grid.flatten(2).transpose(1, 2)], 1)
+
+    def embed(self, images: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        return self.pre_norm(self.embed_tokens(images, interpolate_pos_encoding))
+
+    def forward(self, images: torch.Tensor, output_hidden_states: bool = False, interpolate_pos_encoding: bool = False
                 ) -> Union[torch.Tensor, Tuple[torch.Tensor, List[torch.Tensor]]]:
-        x = self.embed(images)
+        x = self.embed(images, interpolate_pos_encoding)
         hidden = [x]
         for block in self.blocks:
             x = block(x)
