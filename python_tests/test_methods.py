@@ -259,3 +259,38 @@ def test_methods_reject_bad_budgets(budget):
     for name in ("saliency", "tome", "fastv", "prumerge"):
         with pytest.raises(ValueError, match="budget"):
             methods.get(name)(tower, torch.rand(2, 3, 32, 32), budget)
+
+
+def test_pyramid_ptp_uses_the_question():
+    tower = tiny_tower()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        f = tower.features(images)
+        plain = methods.get("pyramid")(tower, images, 0.3)
+        # a question equal to some patch features pulls those patches in
+        target = torch.tensor([5, 40])
+        q = f[torch.arange(2), 1 + target][:, None]
+        ptp = methods.get("pyramid", ptp=True, alpha=0.0, beta=0.0, gamma=1.0)(tower, images, 0.3, question=q)
+    assert plain.num_tokens.tolist() == ptp.num_tokens.tolist() == [20, 20]
+    for b in range(2):
+        assert int(target[b]) + 1 in ptp.indices[b].tolist()
+    assert torch.equal(ptp.extras["level_budgets"], plain.extras["level_budgets"])
+    with pytest.raises(ValueError, match="ptp=True needs the question"):
+        methods.get("pyramid", ptp=True)(tower, images, 0.3)
+
+
+def test_difficulty_sets_pyramid_depth():
+    torch.manual_seed(0)
+
+    class Fixed(torch.nn.Module):   # a classifier that says easy, hard
+        def forward(self, images, question):
+            return torch.tensor([[9.0, 0.0, 0.0], [0.0, 0.0, 9.0]])
+
+    tower = tiny_tower()
+    method = methods.get("difficulty", classifier=Fixed(), inner="pyramid", levels=(0.25, 0.5, 0.75), rules=False,
+                         depths=(3, 2, 1))
+    with torch.no_grad():
+        red = method(tower, torch.rand(2, 3, 32, 32), None, question=torch.randn(2, 1, 48))
+    assert red.num_tokens.tolist() == [17, 49]
+    assert red.vision_tokens[0, :, 0].tolist() == [65, 17, 5] and red.vision_tokens[1, :, 0].tolist() == [65, 0, 0]
+    assert method.inner.levels == 3   # restored

@@ -57,10 +57,11 @@ def test_portable_cpu_kernels_match_default():
             assert abs(p - q) <= 1e-3 * abs(q), (b, d)
 
 
-def test_readme_example_runs():
+@pytest.mark.parametrize("section", ["## Example", "## Token-reduction methods"])
+def test_readme_example_runs(section):
     readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
     if not os.path.exists(readme):
         pytest.skip("README.md not beside python_tests (tests copied out of the repository)")
     text = open(readme).read()
-    block = text.split("## Example", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    block = text.split(section, 1)[1].split("```python", 1)[1].split("```", 1)[0]
     run_python(block)
