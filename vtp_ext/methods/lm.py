@@ -3,6 +3,7 @@ Batched over samples with different image spans and budgets (the references use 
 whole batch); rows are right-padded and re-padded after every drop."""
 from __future__ import annotations
 
+import copy
 from typing import Optional, Sequence
 
 import torch
@@ -48,6 +49,16 @@ def keep_image_tokens(state: LMState, scores: torch.Tensor, keep: torch.Tensor, 
 
 
 class _Pruner:
+    """Per-sample settings are tensors over the batch the method saw; ``select(rows)`` re-indexes them for
+    an LM batch built from those samples (e.g. several questions per image)."""
+
+    def select(self, rows: torch.Tensor) -> "_Pruner":
+        new = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor) and name != "_scores":
+                setattr(new, name, value[rows.to(value.device)])
+        return new
+
     def image_tokens_per_layer(self, num_tokens: torch.Tensor, num_layers: int) -> torch.Tensor:
         counts = torch.stack([self.kept_at(layer, num_tokens) for layer in range(num_layers)], 1)
         return counts

@@ -66,13 +66,18 @@ class DecoderLayer(nn.Module):
         q, k = rotate(self._split(self.q_proj(h)), positions), rotate(self._split(self.k_proj(h)), positions)
         v = self._split(self.v_proj(h))
         allowed = torch.ones(L, L, dtype=torch.bool, device=hidden.device).tril() & key_mask[:, None, None, :]
-        logits = (q @ k.transpose(-1, -2)) * self.head_dim ** -0.5
-        ft = torch.promote_types(logits.dtype, torch.float32)
-        probs = torch.softmax(logits.to(ft).masked_fill(~allowed, float("-inf")), -1).nan_to_num(0.0).to(q.dtype)
-        x = hidden + self.o_proj((probs @ v).transpose(1, 2).reshape(B, L, -1))
+        probs = None
+        if output_attentions:
+            logits = (q @ k.transpose(-1, -2)) * self.head_dim ** -0.5
+            ft = torch.promote_types(logits.dtype, torch.float32)
+            probs = torch.softmax(logits.to(ft).masked_fill(~allowed, float("-inf")), -1).nan_to_num(0.0).to(q.dtype)
+            attn = probs @ v
+        else:   # padded query rows still see key 0 (a valid token), so no row is fully masked
+            attn = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        x = hidden + self.o_proj(attn.transpose(1, 2).reshape(B, L, -1))
         h = self.post_attention_layernorm(x)
         x = x + self.down_proj(nn.functional.silu(self.gate_proj(h)) * self.up_proj(h))
-        return x, (probs if output_attentions else None)
+        return x, probs
 
 
 @dataclasses.dataclass
