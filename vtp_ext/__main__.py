@@ -1,4 +1,4 @@
-"""`python -m vtp_ext info`: what this installation is and what it can run."""
+"""``python -m vtp_ext info | demo | train | eval | bench``."""
 from __future__ import annotations
 
 import argparse
@@ -24,43 +24,107 @@ def info() -> str:
     return "\n".join(lines)
 
 
-def demo() -> str:
-    """A short saliency example until the main job (train + evaluate) exists: rank the patch tokens of
-    a batch of CLIP-L/14-336-shaped features by variance and keep the top quarter."""
-    import time
+def _train_parser(sub):
+    import dataclasses
+    import json
 
-    import torch
+    from .train import TrainConfig
 
-    import vtp_ext
+    p = sub.add_parser("train", help="train one stage (vlm | controller); torchrun-able")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif isinstance(default, dict):
+            p.add_argument(flag, type=json.loads, default=default, help="JSON object")
+        else:
+            p.add_argument(flag, type=type(default) if default is not None else str, default=default)
+    return p
 
-    torch.manual_seed(0)
-    feats = torch.randn(8, 577, 1024)  # [batch, CLS + 24x24 patches, dim]
-    patches = feats[:, 1:]  # a strided view: no copy is made
-    t0 = time.perf_counter()
-    saliency = vtp_ext.token_saliency(patches, "variance", 1)
-    t1 = time.perf_counter()
-    reference = torch.var(patches, dim=-1)
-    t2 = time.perf_counter()
-    keep = saliency.topk(patches.shape[1] // 4, dim=-1).indices.sort(dim=-1).values
-    kept = torch.cat([feats[:, :1], patches.gather(1, keep[..., None].expand(-1, -1, patches.shape[-1]))], 1)
-    err = (saliency - reference).abs().max().item()
-    return "\n".join([
-        f"features {list(feats.shape)} -> saliency {list(saliency.shape)} in {1e3 * (t1 - t0):.2f} ms "
-        f"(torch.var: {1e3 * (t2 - t1):.2f} ms, max |difference| {err:.1e})",
-        f"kept CLS + top-25% patches by variance: {list(kept.shape)}",
-    ])
+
+def bench(bench_dir: str, quick: bool) -> str:
+    """Run the op benchmarks (pytest-benchmark) and tabulate vtp_ext's speed-up over every reference."""
+    import json
+    import os
+    import subprocess
+    import tempfile
+
+    if not os.path.isdir(bench_dir):
+        raise SystemExit(f"python -m vtp_ext bench: no benchmark folder at {bench_dir!r} (run from the repository root "
+                         "or pass --bench-dir)")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "bench.json")
+        env = dict(os.environ, VTP_BENCH_QUICK="1" if quick else os.environ.get("VTP_BENCH_QUICK", "0"))
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", bench_dir, f"--benchmark-json={out}",
+               "--benchmark-disable-gc"]
+        subprocess.run(cmd, env=env, check=False, cwd=os.path.dirname(os.path.abspath(bench_dir)))
+        with open(out) as f:
+            report = json.load(f)
+    groups = {}
+    for b in report["benchmarks"]:
+        impl = b.get("params", {}).get("impl", b["name"])
+        groups.setdefault(b["group"], {})[impl] = b["stats"]["min"]
+    lines = [f"{'benchmark':<70} {'vtp_ext ms':>10}  {'reference':<34} {'ref ms':>9} {'speed-up':>8}"]
+    for group, impls in groups.items():
+        ours = {k: v for k, v in impls.items() if k.startswith("vtp_ext")}
+        if not ours:
+            continue
+        name, t = min(ours.items(), key=lambda kv: kv[1])
+        for ref, tr in impls.items():
+            if not ref.startswith("vtp_ext"):
+                lines.append(f"{group[:70]:<70} {1e3 * t:>10.3f}  {ref[:34]:<34} {1e3 * tr:>9.3f} {tr / t:>7.1f}x")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vtp_ext")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, torch, CUDA build and registered ops")
-    sub.add_parser("demo", help="a short token-saliency example")
+    d = sub.add_parser("demo", help="the main job: data, training (cached), evaluation of every method, table + plot")
+    d.add_argument("--out-dir", default="runs/demo")
+    d.add_argument("--vlm-steps", type=int, default=None)
+    d.add_argument("--controller-steps", type=int, default=None)
+    d.add_argument("--test-images", type=int, default=256)
+    _train_parser(sub)
+    e = sub.add_parser("eval", help="evaluate every method at every budget from trained checkpoints")
+    e.add_argument("--vlm", required=True, help="stage-1 checkpoint (final.pt)")
+    e.add_argument("--controller", action="append", default=[], metavar="NAME=PATH",
+                   help="controller checkpoints, e.g. A=runs/demo/controller_A/final.pt")
+    e.add_argument("--methods", default=None, help="comma-separated method names (default: all)")
+    e.add_argument("--budgets", default="0.2,0.4,0.6,0.8,1.0")
+    e.add_argument("--test-images", type=int, default=256)
+    e.add_argument("--out-dir", default="runs/eval")
+    b = sub.add_parser("bench", help="run the op benchmarks and print one table of speed-up ratios")
+    b.add_argument("--bench-dir", default="bench")
+    b.add_argument("--quick", action="store_true", help="one shape per benchmark (VTP_BENCH_QUICK=1)")
     args = parser.parse_args(argv)
     if args.command == "info":
         print(info())
     elif args.command == "demo":
-        print(demo())
+        from . import demo
+        kw = {k: v for k, v in (("vlm_steps", args.vlm_steps), ("controller_steps", args.controller_steps)) if v}
+        print(demo.run(args.out_dir, test_images=args.test_images, **kw))
+    elif args.command == "train":
+        from .train import TrainConfig, train
+        cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k != "command"})
+        print(train(cfg))
+    elif args.command == "eval":
+        from . import evaluate as ev
+        from .train import load_controller, load_vlm
+        model, tok, _ = load_vlm(args.vlm)
+        controllers = {}
+        for spec in args.controller:
+            name, _, path = spec.partition("=")
+            controllers[name] = load_controller(path, model)
+        names = args.methods.split(",") if args.methods else [m for m in ev.METHODS if not m.startswith("adaptive")] + \
+            [f"adaptive-{n}" for n in controllers]
+        budgets = [float(x) for x in args.budgets.split(",")]
+        results = ev.evaluate(model, tok, controllers, names, budgets, test_images=args.test_images)
+        csv_path, png_path = ev.write_outputs(results, args.out_dir)
+        print(ev.format_table(results) + f"\n\nresults: {csv_path}\nplot:    {png_path}")
+    elif args.command == "bench":
+        print(bench(args.bench_dir, args.quick))
     return 0
 
 

@@ -136,6 +136,7 @@ def train(cfg: TrainConfig) -> str:
         torch.manual_seed(cfg.seed)
         controller = build_controller(model, cfg.fusion, cfg.logits, cfg.output, cfg.tau)
         model.requires_grad_(cfg.joint)
+        model.freeze_unused()
         params = [p for p in controller.parameters() if p.requires_grad] + (list(model.parameters()) if cfg.joint else [])
         # the controller's tower is the VLM's: its parameters follow the joint flag
     else:
@@ -197,7 +198,7 @@ def train(cfg: TrainConfig) -> str:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         n_b = batch["images"].shape[0] if cfg.per_sample_budget else 1
         budget = cfg.budget_min + (cfg.budget_max - cfg.budget_min) * torch.rand(n_b, generator=g, dtype=torch.float64)
-        budget = budget.expand(batch["images"].shape[0]).clone()
+        budget = budget.expand(batch["images"].shape[0]).clone() if controller is not None else torch.ones(1)
         gumbel_seed = int(torch.randint(0, 2**62, (), generator=g)) + rank
         loss, lm_loss = ddp(batch, budget, gumbel_seed)
         opt.zero_grad(set_to_none=True)

@@ -41,6 +41,13 @@ class TinyVLM(nn.Module):
         self.projector = nn.Sequential(nn.Linear(c.vision_dim, c.lm_dim), nn.GELU(), nn.Linear(c.lm_dim, c.lm_dim))
         self.lm = TinyLM(c.vocab_size, c.lm_dim, c.lm_layers, c.lm_heads)
         self.aux_head = nn.Linear(c.vision_dim, c.aux_classes) if c.aux_classes else None
+        self.freeze_unused()
+
+    def freeze_unused(self) -> None:
+        """Blocks after the selected layer and the final norm never run (LLaVA reads the penultimate layer):
+        frozen, so DDP does not wait for their gradients."""
+        for m in list(self.tower.blocks[self.tower.layers_run:]) + [self.vit.norm]:
+            m.requires_grad_(False)
 
     def flops_spec(self) -> flops.VLMSpec:
         c = self.config
