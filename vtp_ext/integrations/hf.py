@@ -38,6 +38,7 @@ LLM-side methods.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
@@ -352,6 +353,16 @@ def _without_cls(pruner) -> None:
         raise NotImplementedError(f"vtp_ext.integrations.hf: unknown LLM-side pruner {type(pruner).__name__}")
 
 
+def _repeat_pruner(pruner, repeats: int):
+    """A copy of ``pruner`` whose per-sample counts are repeated for generate's expanded rows."""
+    pruner = copy.copy(pruner)
+    if isinstance(pruner, FastVPruner):
+        pruner.keep = pruner.keep.repeat_interleave(repeats, 0)
+    else:
+        pruner.ratio, pruner.n0 = pruner.ratio.repeat_interleave(repeats, 0), pruner.n0.repeat_interleave(repeats, 0)
+    return pruner
+
+
 def _additive_mask(key_valid: torch.Tensor, query_key: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``[B, 1, Q, K]`` additive mask: query ``q`` (whose own key is column ``query_key [B, Q]``) sees the
     valid keys up to its own column. Its own column is always allowed, so padding queries stay finite."""
@@ -404,9 +415,10 @@ def _pruned_prefill(lm, pending: _PendingPrefill, hidden, attention_mask, positi
     if position_ids is None:                           # as LlamaModel: 0..L-1 (generate passes cumsum - 1)
         position_ids = torch.arange(L, device=dev)[None]
     position_ids = position_ids.expand(B, L)
-    image_mask = pending.image_mask.to(dev)
+    image_mask, pruner = pending.image_mask.to(dev), pending.pruner
     if image_mask.shape[0] != B:                       # num_return_sequences > 1: generate repeats the rows
-        image_mask = image_mask.repeat_interleave(B // image_mask.shape[0], 0)
+        repeats = B // image_mask.shape[0]
+        image_mask, pruner = image_mask.repeat_interleave(repeats, 0), _repeat_pruner(pruner, repeats)
 
     # left- or un-padded HF rows -> the right-padded valid prefix the pruner works on
     order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices
@@ -417,7 +429,7 @@ def _pruned_prefill(lm, pending: _PendingPrefill, hidden, attention_mask, positi
                     rmask, image.long().argmax(1), image.sum(1), lengths - 1)
     adapter, records = _LlamaAdapter(lm), []
     for i, layer in enumerate(lm.layers[:lm.config.num_hidden_layers]):
-        state = pending.pruner.before_layer(i, state, adapter)
+        state = pruner.before_layer(i, state, adapter)
         Li = state.hidden.shape[1]
         last = state.attention_mask.sum(1) - 1
         records.append(_LayerRecord(state.attention_mask, state.position_ids.gather(1, last[:, None])[:, 0] + 1, Li))
