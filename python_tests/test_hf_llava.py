@@ -17,11 +17,11 @@ N = 64            # patches
 PROMPTS = [([1, 5, 6], [7, 8, 9, 10]), ([1, 11, 12, 13, 14], [15, 16, 17, 18, 19, 20])]   # text before / after the image
 
 
-def _config(strategy):
+def _config(strategy, lm_layers=2):
     vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                                            image_size=32, patch_size=4, projection_dim=32)
-    text = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                    num_key_value_heads=2, vocab_size=100, max_position_embeddings=256, pad_token_id=PAD,
+    text = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=lm_layers,
+                                    num_attention_heads=4, num_key_value_heads=2, vocab_size=100, max_position_embeddings=256, pad_token_id=PAD,
                                     bos_token_id=1, eos_token_id=None)   # no EOS: greedy runs are never cut short
     return transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMG, vision_feature_layer=-2,
                                     vision_feature_select_strategy=strategy)
@@ -29,21 +29,23 @@ def _config(strategy):
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """strategy -> directory of a saved random LLaVA."""
+    """variant -> directory of a saved random LLaVA: "default" / "full" (the select strategy, 2 LM layers) and
+    "deep" ("default", 4 LM layers, for FastV's default k = 2 and three PyramidDrop stages)."""
     dirs = {}
-    for strategy in ("default", "full"):
+    for variant in ("default", "full", "deep"):
         torch.manual_seed(1)
-        model = transformers.LlavaForConditionalGeneration(_config(strategy))
+        strategy = "full" if variant == "full" else "default"
+        model = transformers.LlavaForConditionalGeneration(_config(strategy, 4 if variant == "deep" else 2))
         with torch.no_grad():   # a peakier LM than the default init, so greedy tokens are far from ties
             for p in model.model.language_model.parameters():
                 p.mul_(4.0 if p.dim() == 2 else 1.0)
-        dirs[strategy] = tmp_path_factory.mktemp(f"llava_{strategy}")
-        model.save_pretrained(dirs[strategy])
+        dirs[variant] = tmp_path_factory.mktemp(f"llava_{variant}")
+        model.save_pretrained(dirs[variant])
     return dirs
 
 
-def load(saved, strategy="default", attn="sdpa"):
-    model = transformers.LlavaForConditionalGeneration.from_pretrained(saved[strategy], attn_implementation=attn)
+def load(saved, variant="default", attn="sdpa"):
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(saved[variant], attn_implementation=attn)
     assert isinstance(model, transformers.LlavaForConditionalGeneration)
     return model.eval()
 
@@ -250,36 +252,44 @@ def test_generate_sampling_and_num_return_sequences(saved):
 # -------------------------------------------------------------------------------------------------------------
 
 PLANS = {
-    # budget b keeps K = floor(b * 64) image tokens at layer k (CLS is not in the LM with "default")
-    "fastv": ({"k": 1}, lambda b: ("fastv", 1, int(b * N))),
-    # lam = 0.5, one drop at layer 1 (2 LM layers): floor(64 * 0.5) kept
-    "pyramiddrop": ({"lam": 0.5}, lambda b: ("pdrop", [1], [int(N * 0.5)])),
+    # budget b keeps K = floor(b * 64) image tokens from layer k on (CLS is not in the LM with "default")
+    ("default", "fastv"): ({"k": 1}, lambda b: ("fastv", 1, int(b * N))),
+    ("deep", "fastv"): ({}, lambda b: ("fastv", 2, int(b * N))),                  # the default k = 2
+    # lam = 0.5: one drop at layer 1 with 2 LM layers; drops at layers 1, 2, 3 (quarters) with 4
+    ("default", "pyramiddrop"): ({"lam": 0.5}, lambda b: ("pdrop", [1], [N // 2])),
+    ("deep", "pyramiddrop"): ({"lam": 0.5}, lambda b: ("pdrop", [1, 2, 3], [N // 2, N // 4, N // 8])),
 }
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("variant", ["default", "deep"])
 @pytest.mark.parametrize("name", ["fastv", "pyramiddrop"])
-def test_llm_side_prefill_matches_reference(saved, name, attn):
-    model = load(saved, attn=attn)
-    config, plan = PLANS[name]
+def test_llm_side_prefill_matches_reference(saved, name, variant, attn):
+    model = load(saved, variant, attn=attn)
+    config, plan = PLANS[variant, name]
     with torch.no_grad():
         ids, mask, px = batch(rows=(1,))
         feats = reduced_features(model, methods.get("full"), px, 1.0)
         hf.apply(model, name, 0.25, **config)
         out = model(input_ids=ids, pixel_values=px).logits              # batch 1, no padding
+        no_cache = model(input_ids=ids, pixel_values=px, use_cache=False)
         start = len(PROMPTS[1][0])
         ref, idx = manual_pruned_lm(model, row_embeds(model, 1, feats[0]), start, N, ids.shape[1], plan(0.25))
     assert out.shape == ref.shape
-    assert out.shape[1] == ids.shape[1] - N + (16 if name == "fastv" else 32)
+    kept = plan(0.25)[2] if name == "fastv" else plan(0.25)[2][-1]                   # image tokens in the last layer
+    assert out.shape[1] == ids.shape[1] - N + kept
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    assert no_cache.past_key_values is None
+    torch.testing.assert_close(no_cache.logits, out, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["default", "deep"])
 @pytest.mark.parametrize("name", ["fastv", "pyramiddrop"])
-def test_llm_side_batched_prefill_and_generate(saved, name):
+def test_llm_side_batched_prefill_and_generate(saved, name, variant):
     """Batch 2, left padding, per-sample budgets: each row's prefill logits and greedy tokens equal the
     per-sample reference (decode steps attend to the pruned per-layer KV cache)."""
-    model = load(saved)
-    config, plan = PLANS[name]
+    model = load(saved, variant)
+    config, plan = PLANS[variant, name]
     budget = torch.tensor([0.25, 0.5])
     ids, mask, px = batch()
     with torch.no_grad():
@@ -382,3 +392,40 @@ def test_labels_are_shortened_for_vision_side(saved):
     logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
     ref = torch.nn.functional.cross_entropy(logits, want[:, 1:].reshape(-1), ignore_index=-100)
     torch.testing.assert_close(out.loss, ref)
+
+
+def test_fastv_full_strategy_counts_cls(saved):
+    """With "full" the CLS row is in the LM and counts as an image token: FastV keeps 1 + K of 1 + N."""
+    model = load(saved, "full")
+    ids, _, px = batch("full", rows=(0,))
+    with torch.no_grad():
+        feats = reduced_features(model, methods.get("full"), px, 1.0, strategy="full")
+        hf.apply(model, "fastv", 0.25, k=1)
+        out = model(input_ids=ids, pixel_values=px).logits
+        ref, _ = manual_pruned_lm(model, row_embeds(model, 0, feats[0]), len(PROMPTS[0][0]), N + 1, ids.shape[1],
+                                  ("fastv", 1, 1 + N // 4))
+    assert out.shape[1] == ids.shape[1] - (N + 1) + (1 + N // 4)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_input_padding_side_does_not_matter(saved):
+    """Right-padded (or unpadded) rows give the same shortened, left-padded rows and logits as left-padded ones."""
+    model = load(saved)
+    ids, mask, px = batch()
+    order = torch.sort(mask, dim=1, descending=True, stable=True).indices     # valid tokens first
+    right_ids, right_mask = ids.gather(1, order), mask.gather(1, order)
+    handle = hf.apply(model, "saliency", torch.tensor([0.25, 0.5]))
+    with torch.no_grad():
+        left = model(input_ids=ids, pixel_values=px, attention_mask=mask).logits
+        left_inputs = handle.last_inputs
+        right = model(input_ids=right_ids, pixel_values=px, attention_mask=right_mask).logits
+    assert right_mask[0, -1] == 0 and torch.equal(handle.last_inputs["input_ids"], left_inputs["input_ids"])
+    assert torch.equal(handle.last_inputs["attention_mask"], left_inputs["attention_mask"])
+    torch.testing.assert_close(right, left, rtol=0, atol=0)
+
+
+def test_clear_error_without_transformers(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ImportError, match=r"pip install 'vtp_ext\[hf\]'"):
+        hf.apply(object(), "saliency", 0.5)
