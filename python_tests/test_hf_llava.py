@@ -370,6 +370,8 @@ def test_errors(saved):
         model(input_ids=ids, pixel_values=px[:1])
     with pytest.raises(NotImplementedError, match="use_cache=True"):
         model.generate(input_ids=ids, pixel_values=px, attention_mask=mask, max_new_tokens=2, use_cache=False)
+    with pytest.raises(NotImplementedError, match="chunked prefill"):
+        model.generate(input_ids=ids, pixel_values=px, attention_mask=mask, max_new_tokens=2, prefill_chunk_size=16)
     hf.remove(model)
 
     hf.apply(model, "fastv", 0.5, k=1)
@@ -377,6 +379,9 @@ def test_errors(saved):
         model(input_ids=ids, pixel_values=px, attention_mask=mask, labels=ids)
     with pytest.raises(NotImplementedError, match="beam search"):
         model.generate(input_ids=ids, pixel_values=px, attention_mask=mask, max_new_tokens=2, num_beams=2)
+    with pytest.raises(NotImplementedError, match="need a DynamicCache, got StaticCache"):
+        model.generate(input_ids=ids, pixel_values=px, attention_mask=mask, max_new_tokens=2,
+                       cache_implementation="static")
     hf.remove(model)
 
 

@@ -30,14 +30,16 @@ reaches the LM, so FastV keeps K = floor(b N) image tokens and PyramidDrop count
 pruners count the CLS row as an image token; they are adjusted here).
 
 Supported: one image per sample (``pixel_values [B, 3, H, W]``), a CLIP vision tower with an integer
-``vision_feature_layer``; ``generate`` with the (default) dynamic cache, greedy or sampling, any
-``num_return_sequences``. LLM-side methods also need a LLaMA text model with "eager" or "sdpa" attention.
-Not supported (clear errors): ``inputs_embeds`` together with ``pixel_values``, ``generate`` without a cache
-or with a static cache, beam search and ``labels`` / ``output_attentions`` / ``output_hidden_states`` with
-LLM-side methods.
+``vision_feature_layer``; ``generate`` with a KV cache, greedy or sampling, any ``num_return_sequences``.
+LLM-side methods also need a LLaMA text model with "eager" or "sdpa" attention and the (default) dynamic
+cache. Not supported (clear errors): ``inputs_embeds`` together with ``pixel_values``; ``generate`` with
+``use_cache=False`` or chunked prefill; with LLM-side methods: a static cache, beam search, ``labels``,
+``output_attentions`` / ``output_hidden_states``. Only ``LlavaForConditionalGeneration.forward`` and
+``generate`` are patched: calling ``model.model`` (the ``LlavaModel``) directly bypasses the method.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -161,9 +163,9 @@ def _left_pad(keep: torch.Tensor, tensors: List[Optional[torch.Tensor]], fills: 
 
 
 class Handle:
-    """What :func:`apply` installed. ``remove()`` restores the model. ``last_reduction`` (the method's
-    :class:`vtp_ext.nn.Reduction`) and ``last_inputs`` (the shortened ``input_ids`` / ``attention_mask``)
-    describe the latest multimodal call."""
+    """What :func:`apply` installed. ``remove()`` restores the model; ``budget`` may be reassigned between
+    calls. ``last_reduction`` (the method's :class:`vtp_ext.nn.Reduction`) and ``last_inputs`` (the shortened
+    ``input_ids`` / ``attention_mask`` the model saw) describe the latest multimodal call."""
 
     def __init__(self, model, method: Method, budget: Budget, tower: VisionTower):
         self.model, self.method, self.budget, self.tower = model, method, budget, tower
@@ -283,6 +285,8 @@ class Handle:
                                       "only given to the prefill)")
         if kwargs.get("inputs_embeds") is not None:
             raise NotImplementedError("vtp_ext.integrations.hf: pass input_ids, not inputs_embeds, with pixel_values")
+        if kwargs.get("prefill_chunk_size") or getattr(gen_cfg, "prefill_chunk_size", None):
+            raise NotImplementedError("vtp_ext.integrations.hf: chunked prefill (prefill_chunk_size) is not supported")
         prep = self._prepare(inputs, pixel_values, kwargs.pop("attention_mask", None))
         if prep.lm_pruner is not None and (kwargs.get("num_beams") or gen_cfg.num_beams or 1) > 1:
             raise NotImplementedError("vtp_ext.integrations.hf: beam search with an LLM-side method is not supported "
@@ -291,17 +295,14 @@ class Handle:
             return original(prep.input_ids, *args, inputs_embeds=prep.inputs_embeds,
                             attention_mask=prep.attention_mask, **kwargs)
 
+    @contextlib.contextmanager
     def _pending_prefill(self, prep: _Prepared):
-        handle = self
-
-        class _Ctx:
-            def __enter__(self):
-                if prep.lm_pruner is not None:
-                    handle._pending = _PendingPrefill(prep.lm_pruner, prep.image_mask)
-
-            def __exit__(self, *exc):
-                handle._pending = None
-        return _Ctx()
+        """For an LLM-side method: hand the pruner to the decoder's next call (the prefill) while inside."""
+        self._pending = None if prep.lm_pruner is None else _PendingPrefill(prep.lm_pruner, prep.image_mask)
+        try:
+            yield
+        finally:
+            self._pending = None
 
     # -- the LLaMA side: a layer loop for the pruned prefill, per-layer bookkeeping for the decode ------------
 
@@ -331,8 +332,9 @@ class Handle:
         hidden = inputs_embeds if inputs_embeds is not None else lm.embed_tokens(input_ids)
         if pending is not None:
             self._pending = None
-            if cache is not None and cache.get_seq_length() > 0:
-                raise NotImplementedError("vtp_ext.integrations.hf: the pruned prefill needs an empty cache")
+            if (cache is not None and cache.get_seq_length() > 0) or hidden.shape[1] != pending.image_mask.shape[1]:
+                raise NotImplementedError("vtp_ext.integrations.hf: the pruned prefill must see the whole prompt at "
+                                          "once, with an empty cache (no chunked prefill or cache continuation)")
             use_cache = lm.config.use_cache if use_cache is None else use_cache
             if use_cache and cache is None:
                 cache = transformers.DynamicCache(config=lm.config)
