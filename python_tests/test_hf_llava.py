@@ -14,17 +14,19 @@ from vtp_ext.nn import VisionTower  # noqa: E402
 IMG = 99          # image_token_index
 PAD = 0
 N = 64            # patches
-PROMPTS = [([1, 5, 6], [7, 8, 9, 10]), ([1, 11, 12, 13, 14], [15, 16, 17, 18, 19, 20])]   # text before / after the image
+# text before / after the image, per row
+PROMPTS = [([1, 5, 6], [7, 8, 9, 10]), ([1, 11, 12, 13, 14], [15, 16, 17, 18, 19, 20])]
 
 
 def _config(strategy, lm_layers=2):
-    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                                           image_size=32, patch_size=4, projection_dim=32)
+    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                           num_attention_heads=4, image_size=32, patch_size=4, projection_dim=32)
     text = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=lm_layers,
-                                    num_attention_heads=4, num_key_value_heads=2, vocab_size=100, max_position_embeddings=256, pad_token_id=PAD,
+                                    num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
+                                    max_position_embeddings=256, pad_token_id=PAD,
                                     bos_token_id=1, eos_token_id=None)   # no EOS: greedy runs are never cut short
-    return transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMG, vision_feature_layer=-2,
-                                    vision_feature_select_strategy=strategy)
+    return transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMG,
+                                    vision_feature_layer=-2, vision_feature_select_strategy=strategy)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,7 @@ def _rope(x, pos, theta):
 
 
 def attention_row(model, layer, x, pos, query):
-    """Head-mean softmax attention of token ``query`` over keys 0..query in LLaMA layer ``layer`` (input x [1, L, D])."""
+    """Head-mean softmax attention of token ``query`` over keys 0..query in LLaMA layer ``layer`` (x [1, L, D])."""
     tc = model.config.text_config
     blk = model.model.language_model.layers[layer]
     h = blk.input_layernorm(x)[0]
@@ -113,7 +115,8 @@ def run_layer(model, i, x, pos):
     L = x.shape[1]
     causal = torch.full((L, L), torch.finfo(x.dtype).min).triu(1)[None, None]
     lm = model.model.language_model
-    return lm.layers[i](x, attention_mask=causal, position_ids=pos[None], position_embeddings=lm.rotary_emb(x, pos[None]))
+    return lm.layers[i](x, attention_mask=causal, position_ids=pos[None],
+                        position_embeddings=lm.rotary_emb(x, pos[None]))
 
 
 def manual_pruned_lm(model, embeds, img_start, n_img, prompt_len, plan):
@@ -303,7 +306,8 @@ def test_llm_side_batched_prefill_and_generate(saved, name, variant):
         for b in range(2):
             start = len(PROMPTS[b][0])
             prompt_len = start + N + len(PROMPTS[b][1])
-            ref, _ = manual_pruned_lm(model, row_embeds(model, b, feats[b]), start, N, prompt_len, plan(float(budget[b])))
+            ref, _ = manual_pruned_lm(model, row_embeds(model, b, feats[b]), start, N, prompt_len,
+                                      plan(float(budget[b])))
             # padded rows are numbered from the first column (LlamaModel without position_ids): RoPE is relative
             torch.testing.assert_close(out[b, out.shape[1] - ref.shape[1]:], ref[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(torch.stack(gen.logits, 1), ref_steps, rtol=1e-4, atol=1e-4)

@@ -81,7 +81,8 @@ def apply(model, method: Union[str, Method], budget: Budget, **method_config) ->
         raise TypeError(f"vtp_ext.integrations.hf.apply: model must be a transformers LlavaForConditionalGeneration, "
                         f"got {type(model).__name__}")
     if getattr(model, _ATTR, None) is not None:
-        raise RuntimeError("vtp_ext.integrations.hf.apply: a method is already applied to this model; remove() it first")
+        raise RuntimeError("vtp_ext.integrations.hf.apply: a method is already applied to this model; "
+                           "remove() it first")
     cfg = model.config
     if not isinstance(cfg.vision_feature_layer, int):
         raise NotImplementedError("vtp_ext.integrations.hf: only an integer vision_feature_layer is supported, got "
@@ -103,7 +104,8 @@ def apply(model, method: Union[str, Method], budget: Budget, **method_config) ->
     try:
         tower = VisionTower(model.model.vision_tower, select_layer=cfg.vision_feature_layer)
     except (TypeError, AttributeError) as e:
-        raise NotImplementedError(f"vtp_ext.integrations.hf: the vision tower {type(model.model.vision_tower).__name__} "
+        name = type(model.model.vision_tower).__name__
+        raise NotImplementedError(f"vtp_ext.integrations.hf: the vision tower {name} "
                                   f"is not supported ({e})") from e
     handle = Handle(model, method, budget, tower)
     handle._install()
@@ -143,7 +145,8 @@ class _PendingPrefill:
     image_mask: torch.Tensor
 
 
-def _left_pad(keep: torch.Tensor, tensors: List[Optional[torch.Tensor]], fills: List[Any]) -> List[Optional[torch.Tensor]]:
+def _left_pad(keep: torch.Tensor, tensors: List[Optional[torch.Tensor]],
+              fills: List[Any]) -> List[Optional[torch.Tensor]]:
     """Keep the columns ``keep [B, L]`` of each row, in order, right-aligned in ``[B, max kept]`` (left
     padding with ``fills``)."""
     B, L = keep.shape
@@ -206,7 +209,8 @@ class Handle:
                                       "placeholders can be found and shortened")
         B, L = input_ids.shape
         if pixel_values.dim() != 4 or pixel_values.shape[0] != B:
-            raise NotImplementedError(f"{where}: one image per sample is supported: pixel_values must be [B={B}, 3, H, W], "
+            raise NotImplementedError(f"{where}: one image per sample is supported: pixel_values must be "
+                                      f"[B={B}, 3, H, W], "
                                       f"got {list(pixel_values.shape)}")
         full = cfg.vision_feature_select_strategy == "full"
         expected = self.tower.num_patches + int(full)
@@ -461,6 +465,7 @@ def _pruned_decode(lm, records: List[_LayerRecord], hidden, attention_mask, cach
         key_valid = torch.cat([rec.key_valid, tail], 1)
         query_key = (rec.length + t + steps).expand(B, s)
         positions = rec.next_position[:, None] + t + steps
-        hidden = layer(hidden, attention_mask=_additive_mask(key_valid, query_key, hidden.dtype), position_ids=positions,
-                       past_key_values=cache, use_cache=True, position_embeddings=lm.rotary_emb(hidden, positions))
+        hidden = layer(hidden, attention_mask=_additive_mask(key_valid, query_key, hidden.dtype),
+                       position_ids=positions, past_key_values=cache, use_cache=True,
+                       position_embeddings=lm.rotary_emb(hidden, positions))
     return lm.norm(hidden)
