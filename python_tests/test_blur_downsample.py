@@ -3,7 +3,11 @@ cv2.pyrDown and the seed's plain-torch level (written here), dtypes, layouts, op
 bad inputs, torch.compile, and CUDA (skipped without a GPU)."""
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+import textwrap
 
 import cv2
 import kornia
@@ -91,6 +95,67 @@ def test_uint8_bit_exact_with_opencv(hw):
     img = torch.randint(0, 256, (1, *hw, 3), dtype=torch.uint8)
     got = vtp_ext.blur_downsample(img.permute(0, 3, 1, 2), "opencv").permute(0, 2, 3, 1)
     assert np.array_equal(got[0].numpy(), cv2.pyrDown(img[0].numpy()).reshape(got.shape[1:]))
+
+
+UINT8_HW = [(1, 1), (1, 7), (6, 1), (2, 2), (3, 5), (4, 4), (5, 6), (9, 33), (33, 34), (40, 71), (70, 47), (17, 130)]
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("hw", UINT8_HW, ids=str)
+def test_uint8_hwc_bit_exact_with_opencv(channels, hw):
+    # The integer kernel keeps channels interleaved: every pixel width, odd sides, images narrower
+    # than the 5-tap stencil and rows shorter than one vector.
+    img = torch.randint(0, 256, (2, *hw, channels), dtype=torch.uint8)
+    x = img.permute(0, 3, 1, 2)
+    got = vtp_ext.blur_downsample(x, "opencv")
+    for b in range(2):
+        want = cv2.pyrDown(img[b].numpy()).reshape(*got.shape[2:], channels)
+        assert np.array_equal(got[b].permute(1, 2, 0).numpy(), want), b
+    assert torch.equal(vtp_ext.blur_downsample(x.contiguous(), "opencv"), got)  # NCHW planes, same numbers
+    assert torch.equal(got, vtp_ext.blur_downsample(x.double(), "opencv").add(0.5).floor().to(torch.uint8))
+
+
+def test_uint8_extremes_and_views():
+    for fill in (0, 255):
+        x = torch.full((1, 3, 37, 29), fill, dtype=torch.uint8)
+        assert (vtp_ext.blur_downsample(x, "opencv") == fill).all()
+    big = torch.randint(0, 256, (3, 6, 50, 80), dtype=torch.uint8)
+    views = {
+        "sliced": big[:2, :3, 3:40, 5:70],
+        "strided width": big[:2, :3, :, ::2],
+        "channels_last slice": big.contiguous(memory_format=torch.channels_last)[:2, 1:4, 3:40, 5:70],
+        "flipped channels": big.permute(0, 2, 3, 1).flip(-1).permute(0, 3, 1, 2),
+    }
+    for name, v in views.items():
+        assert torch.equal(vtp_ext.blur_downsample(v, "opencv"), opencv_level(v.contiguous())), name
+
+
+def test_uint8_integer_path_only_where_exact():
+    # gauss_avgpool with kernel_size 1 is a 2x2 mean: weights in 1/16ths, so the integer kernel runs; the
+    # Gaussians and kornia's bilinear weights are not, and keep the float kernel. Both round half up.
+    x = torch.randint(0, 256, (2, 3, 21, 26), dtype=torch.uint8)
+    for cfg in [("gauss_avgpool", 1.0, 1, "zeros"), ("gauss_avgpool", 1.0, 5, "zeros"), ("kornia", 1.0, 5, "reflect")]:
+        want = vtp_ext.blur_downsample(x.double(), *cfg).add(0.5).floor().clamp(0, 255).to(torch.uint8)
+        for xi in (x, x.contiguous(memory_format=torch.channels_last)):
+            got = vtp_ext.blur_downsample(xi, *cfg)
+            assert (got.int() - want.int()).abs().max() <= (0 if cfg[2] == 1 else 1), cfg
+
+
+def test_uint8_portable_kernels_match_opencv():
+    code = """
+        import cv2, numpy as np, torch, vtp_ext
+        torch.manual_seed(0)
+        for c in (1, 2, 3, 4, 5):
+            for hw in ((1, 1), (3, 5), (37, 70), (64, 129)):
+                img = torch.randint(0, 256, (*hw, c), dtype=torch.uint8)
+                got = vtp_ext.blur_downsample(img.permute(2, 0, 1)[None], "opencv")[0].permute(1, 2, 0).numpy()
+                assert np.array_equal(got, cv2.pyrDown(img.numpy()).reshape(got.shape)), (c, hw)
+        print(vtp_ext._C.cpu_isa)
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            env={**os.environ, "VTP_EXT_CPU_ISA": "base"}, cwd=os.path.dirname(__file__))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "base"
 
 
 def test_uint8_rounds_half_up_like_opencv():

@@ -6,6 +6,11 @@
 // full-resolution blurred image is never written to memory. Compiled per ISA from kernels_isa.cpp.
 #pragma once
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "cpu/isa.h"
 #include "cpu/scalar.h"
@@ -196,8 +201,198 @@ static void separable_apply_rows(const SeparableApplyArgs& a, int64_t begin, int
   delete[] buf;
 }
 
+// ---- uint8 in exact 16-bit integer arithmetic (OpenCV's binomial: weights in 1/16ths per axis) ----
+// Channels stay interleaved: the vertical pass is one contiguous sweep over W*C bytes, the horizontal
+// stencil reads its taps C elements apart, so neither needs a per-channel copy.
+
+typedef uint16_t vu16x16 __attribute__((vector_size(32)));
+typedef uint8_t vu8x16 __attribute__((vector_size(16)));
+typedef uint8_t vu8x32 __attribute__((vector_size(32)));
+typedef uint32_t vu32x8q __attribute__((vector_size(32)));
+typedef uint16_t vu16x8q __attribute__((vector_size(16)));
+typedef uint32_t vu32x4q __attribute__((vector_size(16)));
+
+// 16 bytes widened to 16-bit lanes. GCC 12 scalarises __builtin_convertvector between these types.
+static inline vu16x16 load_u8_u16(const uint8_t* p) {
+  vu16x16 v;
+#if defined(__AVX2__)
+  const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  std::memcpy(&v, &w, sizeof(v));
+#elif defined(__SSE2__)
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), z = _mm_setzero_si128();
+  const __m128i lo = _mm_unpacklo_epi8(b, z), hi = _mm_unpackhi_epi8(b, z);
+  std::memcpy(&v, &lo, 16);
+  std::memcpy(reinterpret_cast<char*>(&v) + 16, &hi, 16);
+#else
+  vu8x16 b;
+  std::memcpy(&b, p, sizeof(b));
+  v = __builtin_convertvector(b, vu16x16);
+#endif
+  return v;
+}
+
+static inline vu16x16 load_u16(const uint16_t* p) {
+  vu16x16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// 16 lanes, each <= 255, narrowed to bytes.
+static inline void store_u16_u8(uint8_t* p, vu16x16 v) {
+#if defined(__AVX2__)
+  __m256i w;
+  std::memcpy(&w, &v, sizeof(w));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+#elif defined(__SSE2__)
+  __m128i lo, hi;
+  std::memcpy(&lo, &v, 16);
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + 16, 16);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_packus_epi16(lo, hi));
+#else
+  const vu8x16 b = __builtin_convertvector(v, vu8x16);
+  std::memcpy(p, &b, sizeof(b));
+#endif
+}
+
+// dst[k] = sum_t w[t] * rows[t][k] for k < n; w in 1/16ths summing to <= 16, so every sum fits 16 bits.
+template <int kTaps>
+static inline void combine_rows_q4(uint16_t* __restrict__ dst, const uint8_t* const* rows, const uint16_t* w,
+                                   int32_t taps, int64_t n) {
+  const int32_t nt = kTaps > 0 ? kTaps : taps;
+  int64_t k = 0;
+  for (; k + 32 <= n; k += 32) {
+    vu16x16 s0 = load_u8_u16(rows[0] + k) * w[0], s1 = load_u8_u16(rows[0] + k + 16) * w[0];
+#pragma GCC unroll 8
+    for (int32_t t = 1; t < nt; ++t) {
+      s0 += load_u8_u16(rows[t] + k) * w[t];
+      s1 += load_u8_u16(rows[t] + k + 16) * w[t];
+    }
+    std::memcpy(dst + k, &s0, sizeof(s0));
+    std::memcpy(dst + k + 16, &s1, sizeof(s1));
+  }
+  for (; k < n; ++k) {
+    uint32_t s = 0;
+    for (int32_t t = 0; t < nt; ++t) s += uint32_t{w[t]} * rows[t][k];
+    dst[k] = static_cast<uint16_t>(s);
+  }
+}
+
+// hrow[k] = (sum_e s[e] * vbuf[k + first + e*C] + 128) >> 8 for k in [kb, ke): the horizontal stencil
+// at every pixel of the span (even and odd), contiguous over the interleaved channels.
+template <int kTaps>
+static inline void stencil_full_q4(uint8_t* __restrict__ hrow, const uint16_t* __restrict__ vbuf, const uint16_t* s,
+                                   int64_t taps, int64_t first, int64_t C, int64_t kb, int64_t ke) {
+  const int64_t nt = kTaps > 0 ? kTaps : taps;
+  const uint16_t* src = vbuf + first;
+  int64_t k = kb;
+  for (; k + 16 <= ke; k += 16) {
+    vu16x16 acc = load_u16(src + k) * s[0];
+#pragma GCC unroll 8
+    for (int64_t e = 1; e < nt; ++e) acc += load_u16(src + k + e * C) * s[e];
+    store_u16_u8(hrow + k, (acc + 128) >> 8);
+  }
+  for (; k < ke; ++k) {
+    uint32_t acc = 0;
+    for (int64_t e = 0; e < nt; ++e) acc += uint32_t{s[e]} * src[k + e * C];
+    hrow[k] = static_cast<uint8_t>((acc + 128) >> 8);
+  }
+}
+
+// dst pixel j = hrow pixel 2j for j in [jb, je), pixels of C bytes. hrow holds the pixels
+// [2 jb, 2 je - 1) and is readable (but unset) one pixel past them.
+static inline void decimate_pixels(uint8_t* __restrict__ dst, const uint8_t* __restrict__ hrow, int64_t C, int64_t jb,
+                                   int64_t je) {
+  int64_t j = jb;
+  if (C == 1) {
+    for (; j + 16 <= je; j += 16) {
+      vu8x32 v;
+      std::memcpy(&v, hrow + 2 * j, sizeof(v));
+      const vu8x16 e = __builtin_shufflevector(v, v, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+      std::memcpy(dst + j, &e, sizeof(e));
+    }
+  } else if (C == 2) {
+    for (; j + 8 <= je; j += 8) {
+      vu16x16 v;
+      std::memcpy(&v, hrow + 4 * j, sizeof(v));
+      const vu16x8q e = __builtin_shufflevector(v, v, 0, 2, 4, 6, 8, 10, 12, 14);
+      std::memcpy(dst + 2 * j, &e, sizeof(e));
+    }
+  } else if (C == 4) {
+    for (; j + 4 <= je; j += 4) {
+      vu32x8q v;
+      std::memcpy(&v, hrow + 8 * j, sizeof(v));
+      const vu32x4q e = __builtin_shufflevector(v, v, 0, 2, 4, 6);
+      std::memcpy(dst + 4 * j, &e, sizeof(e));
+    }
+  } else if (C == 3) {  // 4-byte moves; each overwrites the next pixel's first byte before it is written
+    for (; j + 1 < je; ++j) {
+      uint32_t v;
+      std::memcpy(&v, hrow + 6 * j, 4);
+      std::memcpy(dst + 3 * j, &v, 4);
+    }
+  }
+  for (; j < je; ++j) std::memcpy(dst + j * C, hrow + 2 * j * C, C);
+}
+
+static void separable_apply_rows_q4(const SeparableApplyArgs& a, int64_t begin, int64_t end) {
+  const uint8_t* in = static_cast<const uint8_t*>(a.in);
+  uint8_t* out = static_cast<uint8_t*>(a.out);
+  const int64_t C = a.channels, row_len = a.in_cols * C;
+  const bool use_stencil = a.x_interior_end > a.x_interior_begin;
+  const int64_t jb = use_stencil ? a.x_interior_begin : a.out_cols, je = use_stencil ? a.x_interior_end : a.out_cols;
+  // Scratch: the vertical sums of one output row, and its horizontally filtered interior.
+  uint16_t* vbuf = new uint16_t[row_len];
+  uint8_t* hrow = new uint8_t[row_len + 32]();
+  const uint8_t** rows = new const uint8_t*[a.y_taps > 0 ? a.y_taps : 1];
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t p = item / a.out_rows, i = item % a.out_rows;
+    const uint8_t* plane = in + a.in_planes.offset(p);
+    uint8_t* dst = out + a.out_planes.offset(p) + i * a.out_row_stride;
+    const int32_t ny = a.y_count[i];
+    const uint16_t* wy = a.y_weight_q4 + i * a.y_taps;
+    for (int32_t t = 0; t < ny; ++t) rows[t] = plane + a.y_index[i * a.y_taps + t] * a.in_row_stride;
+    switch (ny) {
+      case 0: std::memset(vbuf, 0, row_len * sizeof(uint16_t)); break;
+      case 5: combine_rows_q4<5>(vbuf, rows, wy, ny, row_len); break;
+      default: combine_rows_q4<0>(vbuf, rows, wy, ny, row_len); break;
+    }
+    if (use_stencil) {
+      // Only the even pixels are kept, but filtering every pixel of the span keeps the loop
+      // contiguous for any C; the span's reads stay inside the interior outputs' footprint.
+      const int64_t kb = 2 * jb * C, ke = (2 * je - 1) * C, first = a.x_stencil_offset * C;
+      if (a.x_stencil_len == 5) {
+        stencil_full_q4<5>(hrow, vbuf, a.x_stencil_q4, 5, first, C, kb, ke);
+      } else {
+        stencil_full_q4<0>(hrow, vbuf, a.x_stencil_q4, a.x_stencil_len, first, C, kb, ke);
+      }
+      decimate_pixels(dst, hrow, C, jb, je);
+    }
+    for (int64_t j = 0; j < a.out_cols; ++j) {  // borders (and everything without a uniform interior)
+      if (j == jb) j = je;
+      if (j >= a.out_cols) break;
+      const int32_t nx = a.x_count[j];
+      const int32_t* ix = a.x_index + j * a.x_taps;
+      const uint16_t* w = a.x_weight_q4 + j * a.x_taps;
+      for (int64_t c = 0; c < C; ++c) {
+        uint32_t acc = 0;
+        for (int32_t e = 0; e < nx; ++e) acc += uint32_t{w[e]} * vbuf[ix[e] * C + c];
+        dst[j * C + c] = static_cast<uint8_t>((acc + 128) >> 8);
+      }
+    }
+  }
+  delete[] rows;
+  delete[] hrow;
+  delete[] vbuf;
+}
+
 template <typename T> struct SeparableApply {
-  static void run(const SeparableApplyArgs& a, int64_t b, int64_t e) { separable_apply_rows<T>(a, b, e); }
+  static void run(const SeparableApplyArgs& a, int64_t b, int64_t e) {
+    if constexpr (std::is_same_v<T, uint8_t>) {
+      if (a.y_weight_q4 != nullptr) return separable_apply_rows_q4(a, b, e);
+    }
+    separable_apply_rows<T>(a, b, e);
+  }
 };
 
 static void separable_apply(const SeparableApplyArgs& a, int64_t begin, int64_t end) {
