@@ -19,14 +19,18 @@ namespace vtp_ext::cpu::VTP_ISA {
 
 // dst[k] = sum_t w[t] * rows[t][k] for k < n. kTaps > 0 fixes the tap count at compile time (the
 // common 5- and 6-tap pyramids), so the tap loop unrolls and all accumulators stay in registers.
+// pf[0], pf[1]: rows the next output row reads first, fetched while this one computes -- each image
+// row is its own 4 KB page at 1024 floats, where the hardware prefetcher restarts cold.
 template <int kTaps, typename T, typename acc_t = acc_of<T>>
 static inline void combine_rows(acc_t* __restrict__ dst, const T* const* rows, const acc_t* w, int32_t taps,
-                                int64_t n) {
+                                int64_t n, const T* const* pf) {
   using V = typename Vec<T>::V;
   constexpr int W = Vec<T>::W;
   const int32_t nt = kTaps > 0 ? kTaps : taps;
   int64_t k = 0;
   for (; k + 2 * W <= n; k += 2 * W) {
+    __builtin_prefetch(pf[0] + k);
+    __builtin_prefetch(pf[1] + k);
     V s0 = Vec<T>::load(rows[0] + k) * w[0], s1 = Vec<T>::load(rows[0] + k + W) * w[0];
 #pragma GCC unroll 8
     for (int32_t t = 1; t < nt; ++t) {
@@ -44,12 +48,21 @@ static inline void combine_rows(acc_t* __restrict__ dst, const T* const* rows, c
 }
 
 template <typename T, typename acc_t = acc_of<T>>
-static inline void combine_rows_any(acc_t* dst, const T* const* rows, const acc_t* w, int32_t taps, int64_t n) {
+static inline void combine_rows_any(acc_t* dst, const T* const* rows, const acc_t* w, int32_t taps, int64_t n,
+                                    const T* const* pf) {
   switch (taps) {
-    case 5: combine_rows<5, T>(dst, rows, w, taps, n); break;
-    case 6: combine_rows<6, T>(dst, rows, w, taps, n); break;
-    default: combine_rows<0, T>(dst, rows, w, taps, n); break;
+    case 5: combine_rows<5, T>(dst, rows, w, taps, n, pf); break;
+    case 6: combine_rows<6, T>(dst, rows, w, taps, n, pf); break;
+    default: combine_rows<0, T>(dst, rows, w, taps, n, pf); break;
   }
+}
+
+// The two rows after the last one output row i reads (what row i + 1 adds), or row 0 of the plane
+// (harmless to fetch) past the plane's end.
+template <typename T>
+static inline void next_rows(const SeparableApplyArgs& a, const T* plane, int64_t i, int32_t ny, const T** pf) {
+  const int64_t last = ny > 0 ? a.y_index[i * a.y_taps + ny - 1] : 0;
+  for (int r = 0; r < 2; ++r) pf[r] = plane + (last + 1 + r < a.in_rows ? (last + 1 + r) * a.in_row_stride : 0);
 }
 
 // dst[j] = sum_e s[e] * src[e][j] for j in [jb, je) in vectors of W (src[e] = the even or odd half of
@@ -146,7 +159,9 @@ static void separable_apply_rows(const SeparableApplyArgs& a, int64_t begin, int
     const int32_t ny = a.y_count[i];
     for (int32_t t = 0; t < ny; ++t) rows[t] = plane + a.y_index[i * a.y_taps + t] * a.in_row_stride;
     if (ny > 0) {
-      combine_rows_any<T>(buf, rows, wy + i * a.y_taps, ny, row_len);
+      const T* pf[2];
+      next_rows(a, plane, i, ny, pf);
+      combine_rows_any<T>(buf, rows, wy + i * a.y_taps, ny, row_len, pf);
     } else {
       for (int64_t k = 0; k < row_len; ++k) buf[k] = acc_t(0);
     }
@@ -258,10 +273,14 @@ static inline void store_u16_u8(uint8_t* p, vu16x16 v) {
 // dst[k] = sum_t w[t] * rows[t][k] for k < n; w in 1/16ths summing to <= 16, so every sum fits 16 bits.
 template <int kTaps>
 static inline void combine_rows_q4(uint16_t* __restrict__ dst, const uint8_t* const* rows, const uint16_t* w,
-                                   int32_t taps, int64_t n) {
+                                   int32_t taps, int64_t n, const uint8_t* const* pf) {
   const int32_t nt = kTaps > 0 ? kTaps : taps;
   int64_t k = 0;
   for (; k + 32 <= n; k += 32) {
+    if ((k & 63) == 0) {  // one cache line per two steps (see combine_rows)
+      __builtin_prefetch(pf[0] + k);
+      __builtin_prefetch(pf[1] + k);
+    }
     vu16x16 s0 = load_u8_u16(rows[0] + k) * w[0], s1 = load_u8_u16(rows[0] + k + 16) * w[0];
 #pragma GCC unroll 8
     for (int32_t t = 1; t < nt; ++t) {
@@ -352,10 +371,12 @@ static void separable_apply_rows_q4(const SeparableApplyArgs& a, int64_t begin, 
     const int32_t ny = a.y_count[i];
     const uint16_t* wy = a.y_weight_q4 + i * a.y_taps;
     for (int32_t t = 0; t < ny; ++t) rows[t] = plane + a.y_index[i * a.y_taps + t] * a.in_row_stride;
+    const uint8_t* pf[2];
+    next_rows(a, plane, i, ny, pf);
     switch (ny) {
       case 0: std::memset(vbuf, 0, row_len * sizeof(uint16_t)); break;
-      case 5: combine_rows_q4<5>(vbuf, rows, wy, ny, row_len); break;
-      default: combine_rows_q4<0>(vbuf, rows, wy, ny, row_len); break;
+      case 5: combine_rows_q4<5>(vbuf, rows, wy, ny, row_len, pf); break;
+      default: combine_rows_q4<0>(vbuf, rows, wy, ny, row_len, pf); break;
     }
     if (use_stencil) {
       // Only the even pixels are kept, but filtering every pixel of the span keeps the loop
