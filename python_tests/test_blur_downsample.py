@@ -158,6 +158,31 @@ def test_uint8_portable_kernels_match_opencv():
     assert result.stdout.strip() == "base"
 
 
+def test_operator_cache_many_sizes_and_threads():
+    # The CPU op caches the tables of recent sizes (16): more sizes than that, in both directions and
+    # dtypes, interleaved and from several threads, must still give each size its own operator.
+    from concurrent.futures import ThreadPoolExecutor
+
+    sizes = [(5 + i, 40 - i) for i in range(20)]
+    inputs = [torch.rand(1, 2, h, w, dtype=torch.float64) for h, w in sizes]
+    expected = [reference(x, "kornia", 1.0, 5, "reflect") for x in inputs]
+
+    def check(k):
+        x = inputs[k]
+        torch.testing.assert_close(vtp_ext.blur_downsample(x, "kornia"), expected[k], rtol=0, atol=1e-12)
+        torch.testing.assert_close(vtp_ext.blur_downsample(x.float(), "kornia"), expected[k].float(), rtol=0, atol=1e-5)
+        g = torch.ones_like(expected[k])
+        assert torch.allclose(BWD(g, *sizes[k], "kornia", 1.0, 5, "reflect").sum(), g.sum(), rtol=1e-12)
+        u8 = (x * 255).to(torch.uint8)
+        assert torch.equal(vtp_ext.blur_downsample(u8, "opencv"), opencv_level(u8))
+
+    for rep in range(2):
+        for k in range(len(sizes)):
+            check(k)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(check, [k % len(sizes) for k in range(80)]))
+
+
 def test_uint8_rounds_half_up_like_opencv():
     x = torch.zeros(1, 1, 5, 5, dtype=torch.uint8)
     x[0, 0, 2, 2] = 32  # centre output = 32 * 36/256 = 4.5 exactly
