@@ -220,6 +220,21 @@ def test_layouts_and_memory_format(config):
                                    rtol=0, atol=1e-14, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("channels", [2, 3, 5, 7, 9])
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+def test_channels_last_pixel_widths(config, channels):
+    # channels_last rows keep their channels interleaved in the horizontal stencil (taps C apart).
+    for hw in [(9, 12), (24, 71)]:
+        x = torch.rand(2, channels, *hw, dtype=torch.float64)
+        expected = vtp_ext.blur_downsample(x, *config)
+        for dtype, atol in [(torch.float64, 1e-14), (torch.float32, 1e-6), (torch.bfloat16, 1e-2)]:
+            got = vtp_ext.blur_downsample(x.to(dtype).contiguous(memory_format=torch.channels_last), *config)
+            assert got.is_contiguous(memory_format=torch.channels_last)
+            want = vtp_ext.blur_downsample(x.to(dtype), *config)
+            torch.testing.assert_close(got.double(), want.double(), rtol=0, atol=atol)
+        torch.testing.assert_close(got.double(), expected, rtol=0, atol=2e-2)
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 def test_empty(config):
     for shape in [(0, 3, 8, 8), (2, 0, 8, 8)]:

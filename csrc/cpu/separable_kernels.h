@@ -129,6 +129,29 @@ static inline void stencil_interior(T* dst, const acc_t* const* src, const acc_t
   }
 }
 
+// h[k] = sum_e s[e] * buf[k + first + e*C] for k in [kb, ke): the horizontal stencil at every pixel
+// of an interleaved span.
+template <int kTaps, typename acc_t>
+static inline void stencil_full(acc_t* __restrict__ h, const acc_t* __restrict__ buf, const acc_t* s, int64_t taps,
+                                int64_t first, int64_t C, int64_t kb, int64_t ke) {
+  using V = typename Vec<acc_t>::V;
+  constexpr int W = Vec<acc_t>::W;
+  const int64_t nt = kTaps > 0 ? kTaps : taps;
+  const acc_t* src = buf + first;
+  int64_t k = kb;
+  for (; k + W <= ke; k += W) {
+    V acc = Vec<acc_t>::load(src + k) * s[0];
+#pragma GCC unroll 8
+    for (int64_t e = 1; e < nt; ++e) acc += Vec<acc_t>::load(src + k + e * C) * s[e];
+    std::memcpy(h + k, &acc, sizeof(V));
+  }
+  for (; k < ke; ++k) {
+    acc_t acc = 0;
+    for (int64_t e = 0; e < nt; ++e) acc += s[e] * src[k + e * C];
+    h[k] = acc;
+  }
+}
+
 template <typename T>
 static void separable_apply_rows(const SeparableApplyArgs& a, int64_t begin, int64_t end) {
   using acc_t = acc_of<T>;
@@ -140,16 +163,15 @@ static void separable_apply_rows(const SeparableApplyArgs& a, int64_t begin, int
   const acc_t* stencil = static_cast<const acc_t*>(a.x_stencil);
   const int64_t C = a.channels, row_len = a.in_cols * C;
   const int64_t half = (a.in_cols + 1) / 2 + W > C ? (a.in_cols + 1) / 2 + W : C;  // also holds one pixel
-  // The stencil runs on one channel at a time: directly for planar rows, through a de-interleaved
-  // copy for channels_last rows of a few channels (RGB); wide pixels (C >= 8) vectorise over channels.
+  // The interior stencil for planar rows and pixels of a few channels (RGB); the gather of wide
+  // pixels (C >= 8) vectorises over the channels instead.
   constexpr int64_t kMaxStencilChannels = 8;
   const bool use_stencil = C < kMaxStencilChannels && a.x_interior_end > a.x_interior_begin;
-  // Scratch: the buffered row, its even/odd halves, the row pointers of one output row.
-  acc_t* buf = new acc_t[row_len + 2 * half + a.in_cols + a.out_cols + 1];
+  // Scratch: the buffered row, its even/odd halves (planar) or its filtered span (interleaved).
+  acc_t* buf = new acc_t[2 * row_len + 2 * half];
   acc_t* even = buf + row_len;
   acc_t* odd = even + half;
-  acc_t* chan = odd + half;            // one channel of a channels_last row
-  acc_t* chan_out = chan + a.in_cols;  // its stencil outputs
+  acc_t* hbuf = odd + half;
   const T** rows = new const T*[a.y_taps > 0 ? a.y_taps : 1];
   const acc_t** src = new const acc_t*[a.x_stencil_len > 0 ? a.x_stencil_len : 1];
   for (int64_t item = begin; item < end; ++item) {
@@ -188,27 +210,26 @@ static void separable_apply_rows(const SeparableApplyArgs& a, int64_t begin, int
         for (int64_t c = 0; c < C; ++c) dst[j * C + c] = from_acc<T>(acc[c]);
       }
     }
-    if (use_stencil) {
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t* plane = buf;
-        if (C > 1) {
-          for (int64_t xx = 0; xx < a.in_cols; ++xx) chan[xx] = buf[xx * C + c];
-          plane = chan;
-        }
-        // out[j] = sum_e s_e * row[2j + q_e]: even q reads even[j + q/2], odd q reads odd[j + (q - 1)/2];
-        // every read of an interior output is in range by construction.
-        split_even_odd(plane, a.in_cols, even, odd);
-        for (int64_t e = 0; e < a.x_stencil_len; ++e) {
-          const int64_t q = a.x_stencil_offset + e;
-          src[e] = (q & 1) ? odd + (q - 1) / 2 : even + q / 2;
-        }
-        if (C == 1) {
-          stencil_interior<T>(dst, src, stencil, a.x_stencil_len, plane, a.x_stencil_offset, jb, je);
-        } else {
-          stencil_interior<acc_t>(chan_out, src, stencil, a.x_stencil_len, plane, a.x_stencil_offset, jb, je);
-          for (int64_t j = jb; j < je; ++j) dst[j * C + c] = from_acc<T>(chan_out[j]);
-        }
+    if (use_stencil && C == 1) {
+      // out[j] = sum_e s_e * row[2j + q_e]: even q reads even[j + q/2], odd q reads odd[j + (q - 1)/2];
+      // every read of an interior output is in range by construction.
+      split_even_odd(buf, a.in_cols, even, odd);
+      for (int64_t e = 0; e < a.x_stencil_len; ++e) {
+        const int64_t q = a.x_stencil_offset + e;
+        src[e] = (q & 1) ? odd + (q - 1) / 2 : even + q / 2;
       }
+      stencil_interior<T>(dst, src, stencil, a.x_stencil_len, buf, a.x_stencil_offset, jb, je);
+    } else if (use_stencil) {
+      // Interleaved channels: filter every pixel of the span with taps C apart (contiguous over the
+      // channels, no per-channel copy), then keep the even pixels.
+      const int64_t kb = 2 * jb * C, ke = (2 * je - 1) * C;
+      if (a.x_stencil_len == 5) {
+        stencil_full<5>(hbuf, buf, stencil, 5, a.x_stencil_offset * C, C, kb, ke);
+      } else {
+        stencil_full<0>(hbuf, buf, stencil, a.x_stencil_len, a.x_stencil_offset * C, C, kb, ke);
+      }
+      for (int64_t j = jb; j < je; ++j)
+        for (int64_t c = 0; c < C; ++c) dst[j * C + c] = from_acc<T>(hbuf[2 * j * C + c]);
     }
   }
   delete[] src;
