@@ -311,6 +311,28 @@ def test_backward_is_the_adjoint_of_autograd_through_the_reference():
         torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("hw", [(8, 8), (40, 70), (41, 69), (37, 100)], ids=str)
+def test_backward_rows_wide_enough_for_the_vector_path(config, hw):
+    # Planar gradient rows long enough for the vectorised backward (two stencils, one per output
+    # phase) next to their gathered borders, against autograd through the reference and in float32.
+    if config[0] == "gauss_avgpool" and config[3] == "reflect" and config[2] // 2 >= min(hw):
+        pytest.skip("F.pad reflect rejects this size")
+    x = torch.rand(2, 2, *hw, dtype=torch.float64, requires_grad=True)
+    ref = opencv_level if config[0] == "opencv" else None
+    g = torch.randn_like(vtp_ext.blur_downsample(x.detach(), *config))
+    got = BWD(g, *hw, *config)
+    if ref is None:
+        (expected,) = torch.autograd.grad(reference(x, *config), x, g)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    else:  # opencv: the adjoint identity
+        torch.testing.assert_close((x.detach() * got).sum(), (vtp_ext.blur_downsample(x.detach(), *config) * g).sum(),
+                                   rtol=1e-12, atol=0)
+    torch.testing.assert_close(BWD(g.float(), *hw, *config), got.float(), rtol=0, atol=1e-5)
+    gcl = g.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(BWD(gcl, *hw, *config), got, rtol=0, atol=1e-12)
+
+
 def opcheck_samples():
     samples = []
     for config in CONFIGS:

@@ -35,13 +35,64 @@ std::vector<uint16_t> q4_weights(const std::vector<double>& weight, const std::v
   return q;
 }
 
+// The widest run of outputs [begin, end), both even, around the middle where output 2m + ph reads
+// inputs m + offset[ph] + e with fixed weights[ph] (e < len[ph]): an upsampling operator such as
+// the backward of a stride-2 stencil is two uniform stencils, one per output phase. Empty (begin ==
+// end) where the operator has no such run (the forward, fractional positions).
+struct Polyphase {
+  int64_t begin = 0, end = 0, offset[2] = {0, 0};
+  std::vector<double> weight[2];
+};
+
+inline Polyphase find_polyphase(const AxisOperator& op) {
+  Polyphase pp;
+  const int64_t m0 = op.n_out / 4;  // the pair (2 m0, 2 m0 + 1) sits mid-axis
+  if (op.n_out < 4 || op.n_in == 0) return pp;
+  for (int ph = 0; ph < 2; ++ph) {
+    const int64_t j = 2 * (op.n_out / 4) + ph, c = op.count[j];
+    if (c == 0) return pp;
+    const int32_t* ix = op.index.data() + j * op.taps;
+    for (int64_t e = 1; e < c; ++e)
+      if (ix[e] != ix[0] + e) return pp;
+    pp.offset[ph] = ix[0] - m0;
+    pp.weight[ph].assign(op.weight.begin() + j * op.taps, op.weight.begin() + j * op.taps + c);
+  }
+  auto matches = [&](int64_t m) {
+    for (int ph = 0; ph < 2; ++ph) {
+      const int64_t j = 2 * m + ph, c = static_cast<int64_t>(pp.weight[ph].size());
+      if (j >= op.n_out || op.count[j] != c) return false;
+      for (int64_t e = 0; e < c; ++e)
+        if (op.index[j * op.taps + e] != m + pp.offset[ph] + e || op.weight[j * op.taps + e] != pp.weight[ph][e])
+          return false;
+    }
+    return true;
+  };
+  int64_t mb = m0, me = m0 + 1;
+  while (mb > 0 && matches(mb - 1)) --mb;
+  while (matches(me)) ++me;
+  pp.begin = 2 * mb;
+  pp.end = 2 * me;
+  return pp;
+}
+
 // One axis as the kernel reads it: the tables in the accumulation type, and the uint8 integer
 // weights where they exist (empty otherwise).
 template <typename acc_t>
 struct AxisPlan {
   AxisTables<acc_t> t;
   std::vector<uint16_t> q4, stencil_q4;
+  // Either fast path covers the run of outputs it finds; the other is left empty. (Any operator
+  // has a one-output "stride-2 stencil" mid-axis and a one-pair polyphase one, so compare widths.)
+  Polyphase poly;
+  std::vector<acc_t> poly_weight[2];
   explicit AxisPlan(const AxisOperator& op) : t(op), q4(q4_weights(op.weight, op.count, op.taps)) {
+    poly = find_polyphase(op);
+    if (poly.end - poly.begin > t.stencil.end - t.stencil.begin) {
+      t.stencil.begin = t.stencil.end = 0;
+    } else {
+      poly = Polyphase{};
+    }
+    for (int ph = 0; ph < 2; ++ph) poly_weight[ph].assign(poly.weight[ph].begin(), poly.weight[ph].end());
     const std::vector<int32_t> count{static_cast<int32_t>(t.stencil.weight.size())};
     stencil_q4 = q4_weights(t.stencil.weight, count, static_cast<int64_t>(t.stencil.weight.size()));
     if (stencil_q4.empty() && !t.stencil.weight.empty()) q4.clear();
@@ -102,7 +153,11 @@ void apply(const ImageView& in, Tensor& out, const ImageView& out_view, const Ax
                                      tx.stencil.begin, tx.stencil.end, tx.stencil.offset,
                                      static_cast<int64_t>(tx.stencil_weight.size()), tx.stencil_weight.data(),
                                      q4 ? py.q4.data() : nullptr, q4 ? px.q4.data() : nullptr,
-                                     q4 ? px.stencil_q4.data() : nullptr};
+                                     q4 ? px.stencil_q4.data() : nullptr,
+                                     px.poly.begin, px.poly.end, {px.poly.offset[0], px.poly.offset[1]},
+                                     {static_cast<int64_t>(px.poly_weight[0].size()),
+                                      static_cast<int64_t>(px.poly_weight[1].size())},
+                                     {px.poly_weight[0].data(), px.poly_weight[1].data()}};
   if (tx.n_out == 0) return;
   const int64_t per_item = tx.n_in * in.channels * ty.taps + tx.n_out * in.channels * tx.taps;
   const auto& k = cpu::kernels();

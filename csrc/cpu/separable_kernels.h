@@ -50,7 +50,9 @@ static inline void combine_rows(acc_t* __restrict__ dst, const T* const* rows, c
 template <typename T, typename acc_t = acc_of<T>>
 static inline void combine_rows_any(acc_t* dst, const T* const* rows, const acc_t* w, int32_t taps, int64_t n,
                                     const T* const* pf) {
-  switch (taps) {
+  switch (taps) {  // the forward's 5 and 6 taps, the backward's 2 and 3
+    case 2: combine_rows<2, T>(dst, rows, w, taps, n, pf); break;
+    case 3: combine_rows<3, T>(dst, rows, w, taps, n, pf); break;
     case 5: combine_rows<5, T>(dst, rows, w, taps, n, pf); break;
     case 6: combine_rows<6, T>(dst, rows, w, taps, n, pf); break;
     default: combine_rows<0, T>(dst, rows, w, taps, n, pf); break;
@@ -152,6 +154,36 @@ static inline void stencil_full(acc_t* __restrict__ h, const acc_t* __restrict__
   }
 }
 
+// The two output phases of an upsampling row for j in [jb, je) (both even), interleaved on store.
+template <typename T, typename acc_t>
+static inline void polyphase_row(T* dst, const acc_t* buf, const SeparableApplyArgs& a, int64_t jb, int64_t je) {
+  using V = typename Vec<acc_t>::V;
+  constexpr int W = Vec<acc_t>::W;
+  const acc_t* s0 = static_cast<const acc_t*>(a.x_poly[0]);
+  const acc_t* s1 = static_cast<const acc_t*>(a.x_poly[1]);
+  const int64_t n0 = a.x_poly_len[0], n1 = a.x_poly_len[1];
+  const acc_t* b0 = buf + a.x_poly_offset[0];
+  const acc_t* b1 = buf + a.x_poly_offset[1];
+  int64_t m = jb / 2;
+  const int64_t me = je / 2;
+  for (; m + W <= me; m += W) {
+    V e = Vec<acc_t>::load(b0 + m) * s0[0], o = Vec<acc_t>::load(b1 + m) * s1[0];
+    for (int64_t t = 1; t < n0; ++t) e += Vec<acc_t>::load(b0 + m + t) * s0[t];
+    for (int64_t t = 1; t < n1; ++t) o += Vec<acc_t>::load(b1 + m + t) * s1[t];
+    V lo, hi;
+    interleave(e, o, lo, hi);
+    store_acc(dst + 2 * m, lo);
+    store_acc(dst + 2 * m + W, hi);
+  }
+  for (; m < me; ++m) {
+    acc_t e = b0[m] * s0[0], o = b1[m] * s1[0];
+    for (int64_t t = 1; t < n0; ++t) e += b0[m + t] * s0[t];
+    for (int64_t t = 1; t < n1; ++t) o += b1[m + t] * s1[t];
+    dst[2 * m] = from_acc<T>(e);
+    dst[2 * m + 1] = from_acc<T>(o);
+  }
+}
+
 template <typename T>
 static void separable_apply_rows(const SeparableApplyArgs& a, int64_t begin, int64_t end) {
   using acc_t = acc_of<T>;
@@ -166,7 +198,10 @@ static void separable_apply_rows(const SeparableApplyArgs& a, int64_t begin, int
   // The interior stencil for planar rows and pixels of a few channels (RGB); the gather of wide
   // pixels (C >= 8) vectorises over the channels instead.
   constexpr int64_t kMaxStencilChannels = 8;
-  const bool use_stencil = C < kMaxStencilChannels && a.x_interior_end > a.x_interior_begin;
+  // (Interleaved rows filter the whole span of pixels [2 begin, 2 end - 1), which must lie in the row.)
+  const bool use_stencil = C < kMaxStencilChannels && a.x_interior_end > a.x_interior_begin &&
+                           (C == 1 || 2 * a.x_interior_end - 1 <= a.in_cols);
+  const bool use_poly = C == 1 && !use_stencil && a.x_poly_end > a.x_poly_begin;
   // Scratch: the buffered row, its even/odd halves (planar) or its filtered span (interleaved).
   acc_t* buf = new acc_t[2 * row_len + 2 * half];
   acc_t* even = buf + row_len;
@@ -188,7 +223,8 @@ static void separable_apply_rows(const SeparableApplyArgs& a, int64_t begin, int
       for (int64_t k = 0; k < row_len; ++k) buf[k] = acc_t(0);
     }
     // Horizontal: gather everywhere except the uniform interior.
-    const int64_t jb = use_stencil ? a.x_interior_begin : a.out_cols, je = use_stencil ? a.x_interior_end : a.out_cols;
+    const int64_t jb = use_stencil ? a.x_interior_begin : (use_poly ? a.x_poly_begin : a.out_cols);
+    const int64_t je = use_stencil ? a.x_interior_end : (use_poly ? a.x_poly_end : a.out_cols);
     for (int64_t j = 0; j < a.out_cols; ++j) {
       if (j == jb) j = je;
       if (j >= a.out_cols) break;
@@ -210,7 +246,9 @@ static void separable_apply_rows(const SeparableApplyArgs& a, int64_t begin, int
         for (int64_t c = 0; c < C; ++c) dst[j * C + c] = from_acc<T>(acc[c]);
       }
     }
-    if (use_stencil && C == 1) {
+    if (use_poly) {
+      polyphase_row<T>(dst, buf, a, jb, je);
+    } else if (use_stencil && C == 1) {
       // out[j] = sum_e s_e * row[2j + q_e]: even q reads even[j + q/2], odd q reads odd[j + (q - 1)/2];
       // every read of an interior output is in range by construction.
       split_even_odd(buf, a.in_cols, even, odd);
@@ -379,7 +417,7 @@ static void separable_apply_rows_q4(const SeparableApplyArgs& a, int64_t begin, 
   const uint8_t* in = static_cast<const uint8_t*>(a.in);
   uint8_t* out = static_cast<uint8_t*>(a.out);
   const int64_t C = a.channels, row_len = a.in_cols * C;
-  const bool use_stencil = a.x_interior_end > a.x_interior_begin;
+  const bool use_stencil = a.x_interior_end > a.x_interior_begin && 2 * a.x_interior_end - 1 <= a.in_cols;
   const int64_t jb = use_stencil ? a.x_interior_begin : a.out_cols, je = use_stencil ? a.x_interior_end : a.out_cols;
   // Scratch: the vertical sums of one output row, and its horizontally filtered interior.
   uint16_t* vbuf = new uint16_t[row_len];
