@@ -161,7 +161,16 @@ void apply(const ImageView& in, Tensor& out, const ImageView& out_view, const Ax
   if (tx.n_out == 0) return;
   const int64_t per_item = tx.n_in * in.channels * ty.taps + tx.n_out * in.channels * tx.taps;
   const auto& k = cpu::kernels();
-  cpu::parallel(in.n_planes * ty.n_out, per_item, [&](int64_t b, int64_t e) { k.separable_apply(args, b, e); });
+  // A call under ~16M units (one 1024x1024 RGB image, ~1-2 ms on one core) stays on the calling
+  // thread, as cv2.pyrDown keeps images of up to 2048 rows on one: on a shared machine the second
+  // thread's wake-up often waits for a scheduler tick (4 ms), which cost more than the split saved.
+  constexpr int64_t kSerialWork = int64_t{1} << 24;
+  const int64_t items = in.n_planes * ty.n_out;
+  if (items * per_item < kSerialWork) {
+    k.separable_apply(args, 0, items);
+    return;
+  }
+  cpu::parallel(items, per_item, [&](int64_t b, int64_t e) { k.separable_apply(args, b, e); });
 }
 
 template <typename acc_t>
