@@ -66,7 +66,7 @@ def test_forward_float32(benchmark, bandwidth, impl, shape, device):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("impl", ["vtp_ext opencv", "cv2.pyrDown loop"])
+@pytest.mark.parametrize("impl", ["vtp_ext opencv", "vtp_ext opencv NCHW", "cv2.pyrDown loop"])
 def test_forward_uint8(benchmark, bandwidth, impl, shape):
     benchmark.group = f"blur_downsample fwd {list(shape)} uint8 cpu"
     x = torch.randint(0, 256, shape, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
@@ -74,8 +74,8 @@ def test_forward_uint8(benchmark, bandwidth, impl, shape):
         hwc = [np.ascontiguousarray(x[b].permute(1, 2, 0).numpy()) for b in range(shape[0])]
         out = benchmark(lambda: [cv2.pyrDown(im) for im in hwc])
         assert np.array_equal(out[0], vtp_ext.blur_downsample(x[:1], "opencv")[0].permute(1, 2, 0).numpy())
-    else:
-        benchmark(vtp_ext.blur_downsample, x, "opencv")
+    else:  # channels_last (HWC images batched without a copy), or the NCHW-contiguous planes
+        benchmark(vtp_ext.blur_downsample, x.contiguous() if impl.endswith("NCHW") else x, "opencv")
     report_bandwidth(benchmark, x.nbytes * 5 // 4, bandwidth("cpu"))
 
 

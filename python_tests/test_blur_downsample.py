@@ -3,7 +3,11 @@ cv2.pyrDown and the seed's plain-torch level (written here), dtypes, layouts, op
 bad inputs, torch.compile, and CUDA (skipped without a GPU)."""
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+import textwrap
 
 import cv2
 import kornia
@@ -93,6 +97,92 @@ def test_uint8_bit_exact_with_opencv(hw):
     assert np.array_equal(got[0].numpy(), cv2.pyrDown(img[0].numpy()).reshape(got.shape[1:]))
 
 
+UINT8_HW = [(1, 1), (1, 7), (6, 1), (2, 2), (3, 5), (4, 4), (5, 6), (9, 33), (33, 34), (40, 71), (70, 47), (17, 130)]
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("hw", UINT8_HW, ids=str)
+def test_uint8_hwc_bit_exact_with_opencv(channels, hw):
+    # The integer kernel keeps channels interleaved: every pixel width, odd sides, images narrower
+    # than the 5-tap stencil and rows shorter than one vector.
+    img = torch.randint(0, 256, (2, *hw, channels), dtype=torch.uint8)
+    x = img.permute(0, 3, 1, 2)
+    got = vtp_ext.blur_downsample(x, "opencv")
+    for b in range(2):
+        want = cv2.pyrDown(img[b].numpy()).reshape(*got.shape[2:], channels)
+        assert np.array_equal(got[b].permute(1, 2, 0).numpy(), want), b
+    assert torch.equal(vtp_ext.blur_downsample(x.contiguous(), "opencv"), got)  # NCHW planes, same numbers
+    assert torch.equal(got, vtp_ext.blur_downsample(x.double(), "opencv").add(0.5).floor().to(torch.uint8))
+
+
+def test_uint8_extremes_and_views():
+    for fill in (0, 255):
+        x = torch.full((1, 3, 37, 29), fill, dtype=torch.uint8)
+        assert (vtp_ext.blur_downsample(x, "opencv") == fill).all()
+    big = torch.randint(0, 256, (3, 6, 50, 80), dtype=torch.uint8)
+    views = {
+        "sliced": big[:2, :3, 3:40, 5:70],
+        "strided width": big[:2, :3, :, ::2],
+        "channels_last slice": big.contiguous(memory_format=torch.channels_last)[:2, 1:4, 3:40, 5:70],
+        "flipped channels": big.permute(0, 2, 3, 1).flip(-1).permute(0, 3, 1, 2),
+    }
+    for name, v in views.items():
+        assert torch.equal(vtp_ext.blur_downsample(v, "opencv"), opencv_level(v.contiguous())), name
+
+
+def test_uint8_integer_path_only_where_exact():
+    # gauss_avgpool with kernel_size 1 is a 2x2 mean: weights in 1/16ths, so the integer kernel runs; the
+    # Gaussians and kornia's bilinear weights are not, and keep the float kernel. Both round half up.
+    x = torch.randint(0, 256, (2, 3, 21, 26), dtype=torch.uint8)
+    for cfg in [("gauss_avgpool", 1.0, 1, "zeros"), ("gauss_avgpool", 1.0, 5, "zeros"), ("kornia", 1.0, 5, "reflect")]:
+        want = vtp_ext.blur_downsample(x.double(), *cfg).add(0.5).floor().clamp(0, 255).to(torch.uint8)
+        for xi in (x, x.contiguous(memory_format=torch.channels_last)):
+            got = vtp_ext.blur_downsample(xi, *cfg)
+            assert (got.int() - want.int()).abs().max() <= (0 if cfg[2] == 1 else 1), cfg
+
+
+def test_uint8_portable_kernels_match_opencv():
+    code = """
+        import cv2, numpy as np, torch, vtp_ext
+        torch.manual_seed(0)
+        for c in (1, 2, 3, 4, 5):
+            for hw in ((1, 1), (3, 5), (37, 70), (64, 129)):
+                img = torch.randint(0, 256, (*hw, c), dtype=torch.uint8)
+                got = vtp_ext.blur_downsample(img.permute(2, 0, 1)[None], "opencv")[0].permute(1, 2, 0).numpy()
+                assert np.array_equal(got, cv2.pyrDown(img.numpy()).reshape(got.shape)), (c, hw)
+        print(vtp_ext._C.cpu_isa)
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            env={**os.environ, "VTP_EXT_CPU_ISA": "base"}, cwd=os.path.dirname(__file__))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "base"
+
+
+def test_operator_cache_many_sizes_and_threads():
+    # The CPU op caches the tables of recent sizes (16): more sizes than that, in both directions and
+    # dtypes, interleaved and from several threads, must still give each size its own operator.
+    from concurrent.futures import ThreadPoolExecutor
+
+    sizes = [(5 + i, 40 - i) for i in range(20)]
+    inputs = [torch.rand(1, 2, h, w, dtype=torch.float64) for h, w in sizes]
+    expected = [reference(x, "kornia", 1.0, 5, "reflect") for x in inputs]
+
+    def check(k):
+        x = inputs[k]
+        torch.testing.assert_close(vtp_ext.blur_downsample(x, "kornia"), expected[k], rtol=0, atol=1e-12)
+        torch.testing.assert_close(vtp_ext.blur_downsample(x.float(), "kornia"), expected[k].float(), rtol=0, atol=1e-5)
+        g = torch.ones_like(expected[k])
+        assert torch.allclose(BWD(g, *sizes[k], "kornia", 1.0, 5, "reflect").sum(), g.sum(), rtol=1e-12)
+        u8 = (x * 255).to(torch.uint8)
+        assert torch.equal(vtp_ext.blur_downsample(u8, "opencv"), opencv_level(u8))
+
+    for rep in range(2):
+        for k in range(len(sizes)):
+            check(k)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(check, [k % len(sizes) for k in range(80)]))
+
+
 def test_uint8_rounds_half_up_like_opencv():
     x = torch.zeros(1, 1, 5, 5, dtype=torch.uint8)
     x[0, 0, 2, 2] = 32  # centre output = 32 * 36/256 = 4.5 exactly
@@ -128,6 +218,21 @@ def test_layouts_and_memory_format(config):
     for name, v in views.items():
         torch.testing.assert_close(vtp_ext.blur_downsample(v, *config), vtp_ext.blur_downsample(v.contiguous(), *config),
                                    rtol=0, atol=1e-14, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("channels", [2, 3, 5, 7, 9])
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+def test_channels_last_pixel_widths(config, channels):
+    # channels_last rows keep their channels interleaved in the horizontal stencil (taps C apart).
+    for hw in [(9, 12), (24, 71)]:
+        x = torch.rand(2, channels, *hw, dtype=torch.float64)
+        expected = vtp_ext.blur_downsample(x, *config)
+        for dtype, atol in [(torch.float64, 1e-14), (torch.float32, 1e-6), (torch.bfloat16, 1e-2)]:
+            got = vtp_ext.blur_downsample(x.to(dtype).contiguous(memory_format=torch.channels_last), *config)
+            assert got.is_contiguous(memory_format=torch.channels_last)
+            want = vtp_ext.blur_downsample(x.to(dtype), *config)
+            torch.testing.assert_close(got.double(), want.double(), rtol=0, atol=atol)
+        torch.testing.assert_close(got.double(), expected, rtol=0, atol=2e-2)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
@@ -204,6 +309,28 @@ def test_backward_is_the_adjoint_of_autograd_through_the_reference():
         lhs = (y * g).sum()
         rhs = (x * BWD(g, 11, 9, *config)).sum()
         torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("hw", [(8, 8), (40, 70), (41, 69), (37, 100)], ids=str)
+def test_backward_rows_wide_enough_for_the_vector_path(config, hw):
+    # Planar gradient rows long enough for the vectorised backward (two stencils, one per output
+    # phase) next to their gathered borders, against autograd through the reference and in float32.
+    if config[0] == "gauss_avgpool" and config[3] == "reflect" and config[2] // 2 >= min(hw):
+        pytest.skip("F.pad reflect rejects this size")
+    x = torch.rand(2, 2, *hw, dtype=torch.float64, requires_grad=True)
+    ref = opencv_level if config[0] == "opencv" else None
+    g = torch.randn_like(vtp_ext.blur_downsample(x.detach(), *config))
+    got = BWD(g, *hw, *config)
+    if ref is None:
+        (expected,) = torch.autograd.grad(reference(x, *config), x, g)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    else:  # opencv: the adjoint identity
+        torch.testing.assert_close((x.detach() * got).sum(), (vtp_ext.blur_downsample(x.detach(), *config) * g).sum(),
+                                   rtol=1e-12, atol=0)
+    torch.testing.assert_close(BWD(g.float(), *hw, *config), got.float(), rtol=0, atol=1e-5)
+    gcl = g.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(BWD(gcl, *hw, *config), got, rtol=0, atol=1e-12)
 
 
 def opcheck_samples():

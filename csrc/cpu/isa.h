@@ -54,6 +54,15 @@ struct SeparableApplyArgs {
   // out[j] = sum_e x_stencil[e] * row[2j + x_stencil_offset + e] (a uniform stride-2 stencil).
   int64_t x_interior_begin, x_interior_end, x_stencil_offset, x_stencil_len;
   const void* x_stencil;
+  // uint8 only, optional: the same weights as integers in 1/16ths (OpenCV's binomial, borders
+  // included), null when some weight is not one. The kernel then sums exactly in 16-bit integers
+  // (255 * 16 * 16 fits) and rounds with (sum + 128) >> 8, as OpenCV does.
+  const uint16_t* y_weight_q4; const uint16_t* x_weight_q4; const uint16_t* x_stencil_q4;
+  // Optional fast path of upsampling operators (the backward), planar rows: for outputs j in
+  // [x_poly_begin, x_poly_end) (both even), out[2m + ph] = sum_e x_poly[ph][e] * row[m + x_poly_offset[ph] + e]
+  // with x_poly_len[ph] taps -- one uniform stride-1 stencil per output phase.
+  int64_t x_poly_begin, x_poly_end, x_poly_offset[2], x_poly_len[2];
+  const void* x_poly[2];
 };
 
 // ToMe bipartite matching. Stage 1 (items: B*N tokens) writes unit-norm copies of the metric rows in

@@ -137,6 +137,16 @@ static inline void deinterleave(vd4 a, vd4 b, vd4& even, vd4& odd) {
   odd = __builtin_shufflevector(a, b, 1, 3, 5, 7);
 }
 
+// The inverse: lo ++ hi = even[0], odd[0], even[1], odd[1], ...
+static inline void interleave(vf8 even, vf8 odd, vf8& lo, vf8& hi) {
+  lo = __builtin_shufflevector(even, odd, 0, 8, 1, 9, 2, 10, 3, 11);
+  hi = __builtin_shufflevector(even, odd, 4, 12, 5, 13, 6, 14, 7, 15);
+}
+static inline void interleave(vd4 even, vd4 odd, vd4& lo, vd4& hi) {
+  lo = __builtin_shufflevector(even, odd, 0, 4, 1, 5);
+  hi = __builtin_shufflevector(even, odd, 2, 6, 3, 7);
+}
+
 // Store W accumulated values as T (the vector form of from_acc).
 static inline void store_acc(float* dst, vf8 v) { std::memcpy(dst, &v, sizeof(v)); }
 static inline void store_acc(double* dst, vd4 v) { std::memcpy(dst, &v, sizeof(v)); }
