@@ -37,6 +37,11 @@ struct TopkScratch {
 // increment would wait for the previous one to the same bucket (a store-to-load chain).
 template <typename key_t>
 static void digit_histogram(const key_t* keys, const uint32_t* idx, uint32_t m, int shift, uint32_t* hist) {
+  if (m < 256) {  // clearing and summing four histograms would cost more than the chains
+    std::memset(hist, 0, 256 * sizeof(uint32_t));
+    for (uint32_t c = 0; c < m; ++c) ++hist[(keys[idx == nullptr ? c : idx[c]] >> shift) & 255u];
+    return;
+  }
   uint32_t part[4][256];
   std::memset(part, 0, sizeof(part));
   uint32_t c = 0;
@@ -166,6 +171,17 @@ static void radix_sort_best_first(TopkScratch<key_t>& s) {
     uint32_t* all = total[d];
     for (int b = 0; b < 256; ++b) all[b] += odd[d][b];
     if (all[bucket(src[0].key, d)] == m) continue;  // the pass would not move anything
+    if (m < 256) {  // few items: one chain is short, and a second would cost a histogram pass
+      uint32_t start = 0;
+      for (int b = 0; b < 256; ++b) {
+        const uint32_t c = all[b];
+        all[b] = start;
+        start += c;
+      }
+      for (uint32_t r = 0; r < m; ++r) dst[all[bucket(src[r].key, d)]++] = src[r];
+      std::swap(src, dst);
+      continue;
+    }
     uint32_t first[256], second[256];
     std::memset(first, 0, sizeof(first));
     for (uint32_t r = 0; r < h; ++r) ++first[bucket(src[r].key, d)];
