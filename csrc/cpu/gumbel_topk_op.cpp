@@ -60,7 +60,9 @@ Tensor gumbel_noise_cpu(const Tensor& logits, int64_t seed, int64_t step) {
                        logits.size(1), 1.0, uint64_t(seed), step, GumbelMode::kSequential, true,
                        cpu::kernel_dtype(logits.scalar_type())};
   const auto& kt = cpu::kernels();
-  torch::stable::parallel_for(0, args.B, 1 + 4096 / (args.N + 1), [&](int64_t b, int64_t e) {
+  // ~256K elements (about a millisecond) per chunk, as in segmented_topk_op.cpp: waking a second
+  // thread for less can cost a scheduler time slice on a busy machine.
+  torch::stable::parallel_for(0, args.B, 1 + (int64_t{1} << 18) / (args.N + 1), [&](int64_t b, int64_t e) {
     kt.gumbel_noise(args, b, e);
   });
   return noise;
