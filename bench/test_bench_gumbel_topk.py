@@ -6,6 +6,9 @@ patches), k in {115, 288, 460}.
 Memory: "saved MB" is the size of every tensor autograd keeps for the backward (measured with
 saved_tensors_hooks): O(B*N) for vtp_ext (logits and k), O(B*k*N) for the loop. On CUDA the peak
 allocation of the call is reported too. Goal (issue 4, not asserted): >= 50x the loop at k = 288.
+Also: training=False (the deterministic top-k mask) against torch.topk + scatter; gumbel_noise against
+torch's own Gumbel sample of the same shape (-log of exponential_, as the loop draws it) and torch.rand;
+philox4x32_10 against torch.randint of the same [n, 4] words.
 (bench_utils.py explains the quick mode CI uses.)"""
 from __future__ import annotations
 
@@ -100,3 +103,59 @@ def test_forward_backward(benchmark, impl, B, k, device):
         benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=0)
     else:
         benchmark(fn)
+
+
+EVAL_IMPLS = {
+    "vtp_ext": lambda x, k: vtp_ext.gumbel_topk(x, k, TAU, 0, "sequential", training=False),
+    "torch.topk + scatter": lambda x, k: torch.zeros_like(x).scatter_(1, torch.topk(x, k, dim=1).indices, 1.0),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B", BATCHES)
+@pytest.mark.parametrize("impl", list(EVAL_IMPLS))
+def test_eval_mask(benchmark, impl, B, device):
+    k = 288
+    benchmark.group = f"gumbel_topk training=False B={B} N={N} k={k} float32 {device}"
+    logits = torch.randn(B, N, device=device)
+    fn = timed(EVAL_IMPLS[impl], device)
+    torch.testing.assert_close(fn(logits, k), EVAL_IMPLS["torch.topk + scatter"](logits, k))
+    benchmark(fn, logits, k)
+
+
+NOISE_SHAPES = [(32, 576)] if QUICK else [(1, 576), (32, 576), (256, 4096)]
+NOISE_IMPLS = {
+    "vtp_ext.gumbel_noise": lambda shape, device: vtp_ext.gumbel_noise(1234, shape, device=device),
+    "torch Gumbel (-log exponential_)": lambda shape, device: -torch.empty(shape, device=device).exponential_().log(),
+    "torch.rand (uniform only)": lambda shape, device: torch.rand(shape, device=device),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", NOISE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("impl", list(NOISE_IMPLS))
+def test_gumbel_noise(benchmark, impl, shape, device):
+    benchmark.group = f"gumbel_noise {list(shape)} float32 {device}"
+    fn = timed(NOISE_IMPLS[impl], device)
+    assert fn(shape, device).shape == shape
+    benchmark(fn, shape, device)
+
+
+PHILOX_N = [1024] if QUICK else [1024, 65536]
+PHILOX_IMPLS = {
+    "vtp_ext.philox4x32_10": lambda c, k: vtp_ext.philox4x32_10(c, k),
+    "torch.randint (same words)": lambda c, k: torch.randint(0, 2**32, c.shape, dtype=torch.int64, device=c.device),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", PHILOX_N)
+@pytest.mark.parametrize("impl", list(PHILOX_IMPLS))
+def test_philox4x32_10(benchmark, impl, n, device):
+    benchmark.group = f"philox4x32_10 [{n}, 4] {device}"
+    gen = torch.Generator().manual_seed(0)
+    counter = torch.randint(0, 2**32, (n, 4), dtype=torch.int64, generator=gen).to(device)
+    key = torch.randint(0, 2**32, (n, 2), dtype=torch.int64, generator=gen).to(device)
+    fn = timed(PHILOX_IMPLS[impl], device)
+    assert fn(counter, key).shape == (n, 4)
+    benchmark(fn, counter, key)

@@ -4,7 +4,8 @@
 * per-sample k: the Python loop over samples a user writes today (``torch.topk`` per row, then padding);
 * a 4-level pyramid ``[8, 5440]`` (4096 + 1024 + 256 + 64 tokens) with per-sample, per-level budgets,
   against the loop over samples and levels;
-* gather_tokens forward + backward against advanced indexing with autograd.
+* forward + backward (values -> scores) against torch.topk with autograd.
+gather_tokens has its own file (test_bench_gather_tokens.py).
 Goals (issue 4, not asserted): >= 10x the loops, >= 1x torch.topk at uniform k.
 (bench_utils.py explains the quick mode CI uses.)"""
 from __future__ import annotations
@@ -27,7 +28,7 @@ def compiled_topk(k: int):
 
 
 UNIFORM_IMPLS = {
-    "vtp_ext": lambda s, k: vtp_ext.segmented_topk(s, torch.tensor([0, s.shape[1]]), k, k)[:2],
+    "vtp_ext": lambda s, k: vtp_ext.segmented_topk(s, [0, s.shape[1]], k, k)[:2],
     "torch.topk": lambda s, k: tuple(torch.topk(s, k, dim=1)),
     "torch.compile(torch.topk)": lambda s, k: tuple(compiled_topk(k)(s)),
 }
@@ -117,24 +118,20 @@ def test_pyramid_per_level_budgets(benchmark, impl, device):
     benchmark(fn)
 
 
-def gather_fwd_bwd_vtp(x, idx, g):
-    return torch.autograd.grad(vtp_ext.gather_tokens(x, idx), x, g)[0]
-
-
-def gather_fwd_bwd_torch(x, idx, g):
-    out = x[torch.arange(x.shape[0], device=x.device)[:, None], idx.clamp(min=0)] * (idx >= 0)[..., None]
-    return torch.autograd.grad(out, x, g)[0]
+FWD_BWD_IMPLS = {
+    "vtp_ext": lambda s, k: vtp_ext.segmented_topk(s, [0, s.shape[1]], k, k)[0],
+    "torch.topk": lambda s, k: torch.topk(s, k, dim=1).values,
+}
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("impl", ["vtp_ext", "advanced indexing"])
-def test_gather_tokens_forward_backward(benchmark, impl, device):
-    B, L, D, K = (4, 576, 1024, 288) if QUICK else (32, 576, 1024, 288)
-    benchmark.group = f"gather_tokens fwd+bwd [{B}, {L}, {D}] K={K} float32 {device}"
-    x = torch.randn(B, L, D, device=device, requires_grad=True)
-    idx = torch.stack([torch.randperm(L)[:K] for _ in range(B)]).to(device)
-    idx[:, -10:] = -1
-    g = torch.randn(B, K, D, device=device)
-    fn = timed(gather_fwd_bwd_vtp if impl == "vtp_ext" else gather_fwd_bwd_torch, device)
-    torch.testing.assert_close(fn(x, idx, g), gather_fwd_bwd_torch(x, idx, g))
-    benchmark(fn, x, idx, g)
+@pytest.mark.parametrize("impl", list(FWD_BWD_IMPLS))
+def test_forward_backward(benchmark, impl, device):
+    k = 288
+    benchmark.group = f"segmented_topk fwd+bwd uniform k={k} [32, 576] float32 {device}"
+    scores = torch.randn(32, 576, device=device, requires_grad=True)
+    g = torch.randn(32, k, device=device)
+    fwd = FWD_BWD_IMPLS[impl]
+    fn = timed(lambda: torch.autograd.grad(fwd(scores, k), scores, g)[0], device)
+    torch.testing.assert_close(fn(), torch.autograd.grad(torch.topk(scores, k, dim=1).values, scores, g)[0])
+    benchmark(fn)

@@ -132,16 +132,17 @@ static void topk_mask(const acc_t* v, int64_t N, int64_t k, GumbelScratch<acc_t>
     for (int64_t j = 0; j < N; ++j) mask[j] = one;
     return;
   }
-  for (int64_t j = 0; j < N; ++j) mask[j] = zero;
-  if (k == 0) return;
+  if (k == 0) {
+    for (int64_t j = 0; j < N; ++j) mask[j] = zero;
+    return;
+  }
   s.keys.resize(size_t(N));
   for (int64_t j = 0; j < N; ++j) s.keys[j] = rank_key(v[j], true);
   uint32_t need_eq = 0;
-  const auto threshold = radix_threshold(s.keys.data(), uint32_t(N), uint32_t(k), s.topk, &need_eq);
-  for (int64_t j = 0; j < N; ++j) {
-    const auto key = s.keys[j];
-    if (key > threshold || (key == threshold && need_eq > 0 && need_eq--)) mask[j] = one;
-  }
+  bool all_eq = false;
+  const auto threshold = radix_threshold(s.keys.data(), uint32_t(N), uint32_t(k), s.topk, &need_eq, &all_eq);
+  select_in_index_order(s.keys.data(), uint32_t(N), threshold, need_eq, all_eq,
+                        [&](uint32_t, uint32_t i, bool take) { mask[i] = take ? one : zero; });
 }
 
 template <typename T>

@@ -13,67 +13,71 @@
 namespace vtp_ext {
 namespace {
 
-cpu::GumbelArgs gumbel_args(const Tensor& logits, const Tensor& k_host, double tau, int64_t seed,
-                            GumbelMode mode, bool training, Tensor& out) {
+cpu::GumbelArgs gumbel_args(const Tensor& logits, const GumbelCall& c, double tau, int64_t seed, bool training) {
   return cpu::GumbelArgs{logits.const_data_ptr(), logits.stride(0), logits.stride(1), nullptr, 0, 0,
-                         k_host.const_data_ptr<int64_t>(), out.mutable_data_ptr(), logits.size(0), logits.size(1),
-                         tau, uint64_t(seed), 0, mode, training, cpu::kernel_dtype(logits.scalar_type())};
+                         c.k_host.const_data_ptr<int64_t>(), c.out.mutable_data_ptr(), c.B, c.N, tau, uint64_t(seed),
+                         0, c.mode, training, cpu::kernel_dtype(logits.scalar_type())};
+}
+
+// Work of one row in entries visited: N per pass over the row, k passes in the sequential mode and
+// in the single-mode backward (the largest k stands for every row).
+int64_t row_work(const GumbelCall& c, bool training, bool backward) {
+  int64_t passes = 1;
+  if (training && (c.mode == GumbelMode::kSequential || backward)) {
+    const int64_t* k = c.k_host.const_data_ptr<int64_t>();
+    for (int64_t b = 0; b < c.B; ++b) passes = k[b] > passes ? k[b] : passes;
+  }
+  return c.N * passes;
+}
+
+// Rows in parallel, ~256K entries per chunk (see segmented_topk_op.cpp: a second thread woken for
+// less can cost a scheduler time slice on a busy machine; the eval-mode mask of [32, 576] measured
+// 8.5 ms on two threads against 0.1 ms on one); false if a row held NaN or +inf logits.
+template <typename Kernel>
+bool gumbel_rows(const cpu::GumbelArgs& args, int64_t work_per_row, const Kernel& kernel) {
+  std::atomic<bool> ok{true};
+  torch::stable::parallel_for(0, args.B, 1 + (int64_t{1} << 18) / (work_per_row + 1), [&](int64_t b, int64_t e) {
+    if (!kernel(args, b, e)) ok = false;
+  });
+  return ok.load();
 }
 
 Tensor gumbel_topk_cpu(const Tensor& logits, const Tensor& k, double tau, int64_t seed, std::string mode,
                        bool training) {
   constexpr const char* op = "vtp_ext.gumbel_topk";
-  GumbelMode m;
-  const Tensor k_host = check_gumbel_topk(logits, k, tau, mode, op, &m);
-  cpu::check_cpu(logits, op, "logits");
-  Tensor mask = torch::stable::new_empty(logits, logits.sizes());
-  if (logits.numel() == 0) return mask;
-  const cpu::GumbelArgs args = gumbel_args(logits, k_host, tau, seed, m, training, mask);
-  const auto& kt = cpu::kernels();
-  std::atomic<bool> ok{true};
-  torch::stable::parallel_for(0, args.B, 1, [&](int64_t b, int64_t e) {
-    if (!kt.gumbel_topk_fwd(args, b, e)) ok = false;
-  });
-  STD_TORCH_CHECK(ok.load(), non_finite_logits_message(op));
-  return mask;
+  const GumbelCall c = prepare_gumbel_topk(nullptr, logits, k, tau, mode, op, cpu::check_cpu);
+  if (c.B * c.N == 0) return c.out;
+  STD_TORCH_CHECK(gumbel_rows(gumbel_args(logits, c, tau, seed, training), row_work(c, training, false),
+                              cpu::kernels().gumbel_topk_fwd),
+                  non_finite_logits_message(op));
+  return c.out;
 }
 
 Tensor gumbel_topk_backward_cpu(const Tensor& grad, const Tensor& logits, const Tensor& k, double tau, int64_t seed,
                                 std::string mode, bool training) {
   constexpr const char* op = "vtp_ext.gumbel_topk_backward";
-  GumbelMode m;
-  const Tensor k_host = check_gumbel_topk(logits, k, tau, mode, op, &m);
-  check_gumbel_grad(grad, logits, op);
-  cpu::check_cpu(logits, op, "logits");
-  Tensor grad_logits = torch::stable::new_empty(logits, logits.sizes());
-  if (logits.numel() == 0) return grad_logits;
-  cpu::GumbelArgs args = gumbel_args(logits, k_host, tau, seed, m, training, grad_logits);
+  const GumbelCall c = prepare_gumbel_topk(&grad, logits, k, tau, mode, op, cpu::check_cpu);
+  if (c.B * c.N == 0) return c.out;
+  cpu::GumbelArgs args = gumbel_args(logits, c, tau, seed, training);
   args.grad = grad.const_data_ptr();
   args.grad_rs = grad.stride(0);
   args.grad_cs = grad.stride(1);
-  const auto& kt = cpu::kernels();
-  std::atomic<bool> ok{true};
-  torch::stable::parallel_for(0, args.B, 1, [&](int64_t b, int64_t e) {
-    if (!kt.gumbel_topk_bwd(args, b, e)) ok = false;
-  });
-  STD_TORCH_CHECK(ok.load(), non_finite_logits_message(op));
-  return grad_logits;
+  STD_TORCH_CHECK(gumbel_rows(args, row_work(c, training, true), cpu::kernels().gumbel_topk_bwd),
+                  non_finite_logits_message(op));
+  return c.out;
 }
 
 Tensor gumbel_noise_cpu(const Tensor& logits, int64_t seed, int64_t step) {
   constexpr const char* op = "vtp_ext.gumbel_noise";
-  check_gumbel_logits(logits, op);
-  check_gumbel_step(step, op);
-  cpu::check_cpu(logits, op, "logits");
-  const ScalarType noise_type = logits.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-  Tensor noise = torch::stable::new_empty(logits, logits.sizes(), noise_type);
+  Tensor noise = prepare_gumbel_noise(logits, step, op, cpu::check_cpu);
   if (logits.numel() == 0) return noise;
-  Tensor no_k;
   cpu::GumbelArgs args{nullptr, 0, 0, nullptr, 0, 0, nullptr, noise.mutable_data_ptr(), logits.size(0),
                        logits.size(1), 1.0, uint64_t(seed), step, GumbelMode::kSequential, true,
                        cpu::kernel_dtype(logits.scalar_type())};
   const auto& kt = cpu::kernels();
-  torch::stable::parallel_for(0, args.B, 1 + 4096 / (args.N + 1), [&](int64_t b, int64_t e) {
+  // ~256K elements (about a millisecond) per chunk, as in segmented_topk_op.cpp: waking a second
+  // thread for less can cost a scheduler time slice on a busy machine.
+  torch::stable::parallel_for(0, args.B, 1 + (int64_t{1} << 18) / (args.N + 1), [&](int64_t b, int64_t e) {
     kt.gumbel_noise(args, b, e);
   });
   return noise;

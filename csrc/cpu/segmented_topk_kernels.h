@@ -20,23 +20,59 @@
 namespace vtp_ext::cpu::VTP_ISA {
 
 template <typename key_t>
-struct TopkScratch {
-  std::vector<key_t> keys;
-  std::vector<uint32_t> cand, next, picks, sorted;
+struct TopkItem {
+  key_t key;
+  uint32_t idx;
 };
 
-// Key T of the k-th best of keys[0, n) (0 < k < n) and, in *need_eq, how many keys equal to T are in
-// the top k.
 template <typename key_t>
-static key_t radix_threshold(const key_t* keys, uint32_t n, uint32_t k, TopkScratch<key_t>& s, uint32_t* need_eq) {
+struct TopkScratch {
+  std::vector<key_t> keys;
+  std::vector<uint32_t> cand;
+  std::vector<TopkItem<key_t>> picks, sorted;
+};
+
+// Histogram of one 8-bit digit of keys[idx[c]] (keys[c] without idx), c in [0, m). Four partial
+// histograms: the high digits of float keys take few distinct values, and with one histogram every
+// increment would wait for the previous one to the same bucket (a store-to-load chain).
+template <typename key_t>
+static void digit_histogram(const key_t* keys, const uint32_t* idx, uint32_t m, int shift, uint32_t* hist) {
+  if (m < 256) {  // clearing and summing four histograms would cost more than the chains
+    std::memset(hist, 0, 256 * sizeof(uint32_t));
+    for (uint32_t c = 0; c < m; ++c) ++hist[(keys[idx == nullptr ? c : idx[c]] >> shift) & 255u];
+    return;
+  }
+  uint32_t part[4][256];
+  std::memset(part, 0, sizeof(part));
+  uint32_t c = 0;
+  if (idx == nullptr) {
+    for (; c + 4 <= m; c += 4)
+      for (int p = 0; p < 4; ++p) ++part[p][(keys[c + p] >> shift) & 255u];
+    for (; c < m; ++c) ++part[0][(keys[c] >> shift) & 255u];
+  } else {
+    for (; c + 4 <= m; c += 4)
+      for (int p = 0; p < 4; ++p) ++part[p][(keys[idx[c + p]] >> shift) & 255u];
+    for (; c < m; ++c) ++part[0][(keys[idx[c]] >> shift) & 255u];
+  }
+  for (int b = 0; b < 256; ++b) hist[b] = part[0][b] + part[1][b] + part[2][b] + part[3][b];
+}
+
+// Key T of the k-th best of keys[0, n) (0 < k < n) and, in *need_eq, how many keys equal to T are in
+// the top k; *all_eq tells whether that is every key equal to T (then the top k are the keys >= T).
+// Candidate lists are compacted without branches: whether a key falls in the boundary bucket is
+// data-dependent and random, so a branch would mispredict about as often as it is taken.
+template <typename key_t>
+static key_t radix_threshold(const key_t* keys, uint32_t n, uint32_t k, TopkScratch<key_t>& s, uint32_t* need_eq,
+                             bool* all_eq) {
   uint32_t hist[256];
   uint32_t remaining = k;
   key_t prefix = 0;
-  bool all = true;  // the first pass scans every key, later ones the boundary bucket in s.cand
+  s.cand.resize(n);
+  uint32_t* cand = s.cand.data();
+  uint32_t m = n;
   for (int shift = int(sizeof(key_t)) * 8 - 8; shift >= 0; shift -= 8) {
-    std::memset(hist, 0, sizeof(hist));
-    const uint32_t m = all ? n : uint32_t(s.cand.size());
-    for (uint32_t c = 0; c < m; ++c) ++hist[(keys[all ? c : s.cand[c]] >> shift) & 255u];
+    const bool all = shift == int(sizeof(key_t)) * 8 - 8;  // the first pass reads keys in place
+    digit_histogram(keys, all ? nullptr : cand, m, shift, hist);
     uint32_t digit = 255, cum = 0;
     for (;; --digit) {
       if (cum + hist[digit] >= remaining) break;
@@ -44,47 +80,136 @@ static key_t radix_threshold(const key_t* keys, uint32_t n, uint32_t k, TopkScra
     }
     remaining -= cum;
     prefix |= key_t(digit) << shift;
-    s.next.clear();
-    for (uint32_t c = 0; c < m; ++c) {
-      const uint32_t i = all ? c : s.cand[c];
-      if (((keys[i] >> shift) & 255u) == digit) s.next.push_back(i);
+    const uint32_t bucket = hist[digit];
+    uint32_t out = 0;
+    if (all) {
+      for (uint32_t c = 0; c < m; ++c) {
+        cand[out] = c;
+        out += ((keys[c] >> shift) & 255u) == digit;
+      }
+    } else {
+      for (uint32_t c = 0; c < m; ++c) {
+        const uint32_t i = cand[c];
+        cand[out] = i;
+        out += ((keys[i] >> shift) & 255u) == digit;
+      }
     }
-    s.cand.swap(s.next);
-    all = false;
-    if (s.cand.size() == remaining) {
+    m = bucket;
+    if (m == remaining) {
       // The whole boundary bucket is picked: T is its smallest key, needed as often as it occurs.
-      key_t lo = keys[s.cand[0]];
-      for (uint32_t i : s.cand) lo = keys[i] < lo ? keys[i] : lo;
+      key_t lo = keys[cand[0]];
+      for (uint32_t c = 1; c < m; ++c) lo = keys[cand[c]] < lo ? keys[cand[c]] : lo;
       uint32_t eq = 0;
-      for (uint32_t i : s.cand) eq += keys[i] == lo;
+      for (uint32_t c = 0; c < m; ++c) eq += keys[cand[c]] == lo;
       *need_eq = eq;
+      *all_eq = true;
       return lo;
     }
   }
   *need_eq = remaining;
+  *all_eq = remaining == m;  // the last bucket holds exactly the keys equal to T
   return prefix;
 }
 
-// Stable sort of s.picks by key, best (largest) first; the result is left in s.picks.
-template <typename key_t>
-static void radix_sort_best_first(const key_t* keys, TopkScratch<key_t>& s) {
-  const uint32_t m = uint32_t(s.picks.size());
-  s.sorted.resize(m);
-  uint32_t hist[256];
-  for (int shift = 0; shift < int(sizeof(key_t)) * 8; shift += 8) {
-    std::memset(hist, 0, sizeof(hist));
-    for (uint32_t i : s.picks) ++hist[255u - ((keys[i] >> shift) & 255u)];
-    bool trivial = false;
-    for (uint32_t h : hist) trivial = trivial || h == m;
-    if (trivial) continue;  // every pick has this digit: the pass would not move anything
-    uint32_t start = 0;
-    for (uint32_t& h : hist) {
-      const uint32_t c = h;
-      h = start;
-      start += c;
+// Visits keys[0, n) in index order, telling which are in the top k: every key > T and the first
+// need_eq keys == T. f(out, i, take) is called for every i, out being the number of picks before i
+// (a caller may store slot `out` unconditionally: it is overwritten until it holds a pick).
+template <typename key_t, typename F>
+static void select_in_index_order(const key_t* keys, uint32_t n, key_t threshold, uint32_t need_eq, bool all_eq,
+                                  const F& f) {
+  uint32_t out = 0;
+  if (all_eq) {  // the usual case: no chain through a count of remaining ties
+    for (uint32_t i = 0; i < n; ++i) {
+      const bool take = keys[i] >= threshold;
+      f(out, i, take);
+      out += take;
     }
-    for (uint32_t i : s.picks) s.sorted[hist[255u - ((keys[i] >> shift) & 255u)]++] = i;
-    s.picks.swap(s.sorted);
+    return;
+  }
+  for (uint32_t i = 0; i < n; ++i) {
+    const key_t key = keys[i];
+    const bool eq = key == threshold;
+    const bool take = (key > threshold) | (eq & (need_eq > 0));
+    need_eq -= uint32_t(eq & take);
+    f(out, i, take);
+    out += take;
+  }
+}
+
+// Stable LSD radix sort of s.picks by key, best (largest) first; the result is left in s.picks. The
+// histograms of every digit come from one pass; a digit shared by every pick is skipped. Items carry
+// their key, so the passes read and write sequential memory only. The high digits of float keys take
+// few distinct values, so consecutive items tend to hit the same bucket, and every increment of its
+// counter would wait for the previous one (a store-to-load chain): each pass handles the items as two
+// halves with their own counters -- two independent chains -- placing the first half's items of a
+// bucket before the second half's, which keeps the sort stable. (Comparison sorts -- std::sort,
+// nth_element on packed (key, index) items -- measured 2-3x slower on fresh rows: their branches
+// mispredict.)
+template <typename key_t>
+static void radix_sort_best_first(TopkScratch<key_t>& s) {
+  constexpr int kDigits = int(sizeof(key_t));
+  const uint32_t m = uint32_t(s.picks.size());
+  if (m < 2) return;
+  const uint32_t h = m / 2;  // halves [0, h) and [h, m)
+  s.sorted.resize(m);
+  uint32_t total[kDigits][256], odd[kDigits][256];
+  std::memset(total, 0, sizeof(total));
+  std::memset(odd, 0, sizeof(odd));
+  auto bucket = [](key_t key, int d) { return 255u - uint32_t((key >> (8 * d)) & 255u); };
+  const TopkItem<key_t>* items = s.picks.data();
+  for (uint32_t r = 0; r + 1 < m; r += 2) {  // two partial histograms, for the same reason
+    for (int d = 0; d < kDigits; ++d) {
+      ++total[d][bucket(items[r].key, d)];
+      ++odd[d][bucket(items[r + 1].key, d)];
+    }
+  }
+  if (m % 2)
+    for (int d = 0; d < kDigits; ++d) ++total[d][bucket(items[m - 1].key, d)];
+  TopkItem<key_t>* src = s.picks.data();
+  TopkItem<key_t>* dst = s.sorted.data();
+  for (int d = 0; d < kDigits; ++d) {
+    uint32_t* all = total[d];
+    for (int b = 0; b < 256; ++b) all[b] += odd[d][b];
+    if (all[bucket(src[0].key, d)] == m) continue;  // the pass would not move anything
+    if (m < 256) {  // few items: one chain is short, and a second would cost a histogram pass
+      uint32_t start = 0;
+      for (int b = 0; b < 256; ++b) {
+        const uint32_t c = all[b];
+        all[b] = start;
+        start += c;
+      }
+      for (uint32_t r = 0; r < m; ++r) dst[all[bucket(src[r].key, d)]++] = src[r];
+      std::swap(src, dst);
+      continue;
+    }
+    uint32_t first[256], second[256];
+    std::memset(first, 0, sizeof(first));
+    for (uint32_t r = 0; r < h; ++r) ++first[bucket(src[r].key, d)];
+    uint32_t start = 0;
+    for (int b = 0; b < 256; ++b) {
+      const uint32_t c = first[b];
+      first[b] = start;
+      second[b] = start + c;
+      start += all[b];
+    }
+    for (uint32_t r = 0; r < h; ++r) {
+      const TopkItem<key_t> x = src[r], y = src[h + r];
+      dst[first[bucket(x.key, d)]++] = x;
+      dst[second[bucket(y.key, d)]++] = y;
+    }
+    if (m % 2) dst[second[bucket(src[m - 1].key, d)]++] = src[m - 1];
+    std::swap(src, dst);
+  }
+  if (src != s.picks.data()) s.picks.swap(s.sorted);
+}
+
+template <typename T, typename key_t>
+static void load_keys(const T* seg, int64_t col_stride, uint32_t n, bool largest, key_t* keys) {
+  // The dense case is its own loop so that it vectorises.
+  if (col_stride == 1) {
+    for (uint32_t i = 0; i < n; ++i) keys[i] = rank_key(to_acc(seg[i]), largest);
+  } else {
+    for (uint32_t i = 0; i < n; ++i) keys[i] = rank_key(to_acc(seg[int64_t(i) * col_stride]), largest);
   }
 }
 
@@ -105,20 +230,25 @@ static void segmented_topk_tasks(const SegmentedTopkArgs& a, int64_t begin, int6
       const T* seg = scores + b * a.row_stride + first * a.col_stride;
       s.keys.resize(n);
       key_t* keys = s.keys.data();
-      for (uint32_t i = 0; i < n; ++i) keys[i] = rank_key(to_acc(seg[int64_t(i) * a.col_stride]), a.largest);
-      s.picks.clear();
+      load_keys(seg, a.col_stride, n, a.largest, keys);
+      s.picks.resize(k);
+      TopkItem<key_t>* picks = s.picks.data();
       if (k == n) {
-        for (uint32_t i = 0; i < n; ++i) s.picks.push_back(i);
+        for (uint32_t i = 0; i < n; ++i) picks[i] = {keys[i], i};
       } else {
         uint32_t need_eq = 0;
-        const key_t threshold = radix_threshold(keys, n, k, s, &need_eq);
-        for (uint32_t i = 0; i < n; ++i) {
-          if (keys[i] > threshold || (keys[i] == threshold && need_eq > 0 && need_eq--)) s.picks.push_back(i);
-        }
+        bool all_eq = false;
+        const key_t threshold = radix_threshold(keys, n, k, s, &need_eq, &all_eq);
+        s.picks.resize(size_t(k) + 1);  // the slot after the last pick may be written
+        picks = s.picks.data();
+        select_in_index_order(keys, n, threshold, need_eq, all_eq,
+                              [&](uint32_t out, uint32_t i, bool) { picks[out] = {keys[i], i}; });
+        s.picks.resize(k);
       }
-      if (!a.by_index) radix_sort_best_first(keys, s);
+      if (!a.by_index) radix_sort_best_first(s);
+      picks = s.picks.data();
       for (uint32_t r = 0; r < k; ++r) {
-        const uint32_t i = s.picks[r];
+        const uint32_t i = picks[r].idx;
         out_v[r] = seg[int64_t(i) * a.col_stride];
         out_i[r] = first + int64_t(i);
       }

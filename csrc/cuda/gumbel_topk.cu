@@ -20,21 +20,17 @@ Tensor new_buffer(const Tensor& like, int64_t n, ScalarType dtype) {
   return torch::stable::new_empty(like, torch::headeronly::IntHeaderOnlyArrayRef(size, 1), dtype);
 }
 
-ScalarType acc_scalar_type(const Tensor& t) {
-  return t.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-}
-
 int64_t smem_budget() { return cucpu_limit("VTP_CUCPU_GUMBEL_SMEM_BYTES", kGumbelSmemBytes); }
 
 Tensor gumbel_topk_cuda(const Tensor& logits, const Tensor& k, double tau, int64_t seed, std::string mode,
                         bool training) {
   constexpr const char* op = "vtp_ext.gumbel_topk";
-  GumbelMode m;
-  const Tensor k_host = check_gumbel_topk(logits, k, tau, mode, op, &m);
-  check_device(logits, op, "logits");
+  const GumbelCall c = prepare_gumbel_topk(nullptr, logits, k, tau, mode, op, check_device);
   const DeviceScope scope(logits);
-  Tensor mask = torch::stable::new_empty(logits, logits.sizes());
-  const int64_t B = logits.size(0), N = logits.size(1);
+  const Tensor& k_host = c.k_host;
+  const GumbelMode m = c.mode;
+  const int64_t B = c.B, N = c.N;
+  Tensor mask = c.out;
   if (B * N == 0) return mask;
   const Tensor k_dev = torch::stable::to(k_host, logits.device());
   const bool sequential = m == GumbelMode::kSequential && training;
@@ -45,7 +41,7 @@ Tensor gumbel_topk_cuda(const Tensor& logits, const Tensor& k, double tau, int64
     const GumbelLaunchPlan lp = plan_gumbel_launch<acc_t>(N, sequential ? 2 : 1, sequential, smem_budget());
     Tensor scratch, picked;
     if (!lp.in_smem) {
-      scratch = new_buffer(logits, B * N * (sequential ? 2 : 1), acc_scalar_type(logits));
+      scratch = new_buffer(logits, B * N * (sequential ? 2 : 1), gumbel_acc_type(logits));
       if (sequential) picked = new_buffer(logits, B * N, ScalarType::Byte);
     }
     check_launch(launch_gumbel_topk_fwd<T>(
@@ -65,14 +61,13 @@ Tensor gumbel_topk_cuda(const Tensor& logits, const Tensor& k, double tau, int64
 Tensor gumbel_topk_backward_cuda(const Tensor& grad, const Tensor& logits, const Tensor& k, double tau, int64_t seed,
                                  std::string mode, bool training) {
   constexpr const char* op = "vtp_ext.gumbel_topk_backward";
-  GumbelMode m;
-  const Tensor k_host = check_gumbel_topk(logits, k, tau, mode, op, &m);
-  check_gumbel_grad(grad, logits, op);
-  check_device(logits, op, "logits");
+  const GumbelCall c = prepare_gumbel_topk(&grad, logits, k, tau, mode, op, check_device);
   const DeviceScope scope(logits);
-  Tensor out = torch::stable::new_empty(logits, logits.sizes());
-  const int64_t B = logits.size(0), N = logits.size(1);
+  const Tensor& k_host = c.k_host;
+  const int64_t B = c.B, N = c.N;
+  Tensor out = c.out;
   if (B * N == 0) return out;
+  const GumbelMode m = c.mode;
   const Tensor k_dev = torch::stable::to(k_host, logits.device());
   const bool sequential = m == GumbelMode::kSequential;
   // single mode: checkpoints + one segment of softmaxes per row, sized for the largest k
@@ -92,10 +87,10 @@ Tensor gumbel_topk_backward_cuda(const Tensor& grad, const Tensor& logits, const
     const GumbelLaunchPlan lp = plan_gumbel_launch<acc_t>(N, 4, sequential, smem_budget());
     Tensor scratch, picked, history;
     if (!lp.in_smem) {
-      scratch = new_buffer(logits, B * N * 4, acc_scalar_type(logits));
+      scratch = new_buffer(logits, B * N * 4, gumbel_acc_type(logits));
       if (sequential) picked = new_buffer(logits, B * N, ScalarType::Byte);
     }
-    if (history_rows > 0) history = new_buffer(logits, B * history_rows * N, acc_scalar_type(logits));
+    if (history_rows > 0) history = new_buffer(logits, B * history_rows * N, gumbel_acc_type(logits));
     check_launch(launch_gumbel_topk_bwd<T>(
                      static_cast<const T*>(grad.const_data_ptr()), grad.stride(0), grad.stride(1),
                      static_cast<const T*>(logits.const_data_ptr()), logits.stride(0), logits.stride(1),
@@ -114,11 +109,8 @@ Tensor gumbel_topk_backward_cuda(const Tensor& grad, const Tensor& logits, const
 
 Tensor gumbel_noise_cuda(const Tensor& logits, int64_t seed, int64_t step) {
   constexpr const char* op = "vtp_ext.gumbel_noise";
-  check_gumbel_logits(logits, op);
-  check_gumbel_step(step, op);
-  check_device(logits, op, "logits");
+  Tensor noise = prepare_gumbel_noise(logits, step, op, check_device);
   const DeviceScope scope(logits);
-  Tensor noise = torch::stable::new_empty(logits, logits.sizes(), acc_scalar_type(logits));
   const int64_t B = logits.size(0), N = logits.size(1);
   cudaError_t err;
   if (logits.scalar_type() == ScalarType::Double) {

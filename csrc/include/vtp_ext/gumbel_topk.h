@@ -66,6 +66,43 @@ inline void check_gumbel_step(int64_t step, const char* op) {
   STD_TORCH_CHECK(step >= 0 && step <= int64_t(UINT32_MAX), op, ": step must be in [0, 2^32-1], got ", step);
 }
 
+// Accumulation (and noise) dtype: float64 for float64 logits, float32 otherwise.
+inline ScalarType gumbel_acc_type(const Tensor& logits) {
+  return logits.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+}
+
+// The preamble both backends' gumbel_topk and gumbel_topk_backward share: every check (the backend's
+// device check is passed in, as it differs), k on the host clamped to [0, N], and the output
+// ([B, N], dtype of logits, contiguous), so the two backends cannot drift apart in what they accept.
+struct GumbelCall {
+  Tensor k_host;
+  GumbelMode mode = GumbelMode::kSequential;
+  int64_t B = 0, N = 0;
+  Tensor out;
+};
+
+template <typename CheckDevice>
+GumbelCall prepare_gumbel_topk(const Tensor* grad, const Tensor& logits, const Tensor& k, double tau,
+                               const std::string& mode, const char* op, const CheckDevice& check_device) {
+  GumbelCall c;
+  c.k_host = check_gumbel_topk(logits, k, tau, mode, op, &c.mode);
+  if (grad != nullptr) check_gumbel_grad(*grad, logits, op);
+  check_device(logits, op, "logits");
+  c.B = logits.size(0);
+  c.N = logits.size(1);
+  c.out = torch::stable::new_empty(logits, logits.sizes());
+  return c;
+}
+
+// gumbel_noise's preamble: checks and the noise tensor ([B, N] in the accumulation dtype).
+template <typename CheckDevice>
+Tensor prepare_gumbel_noise(const Tensor& logits, int64_t step, const char* op, const CheckDevice& check_device) {
+  check_gumbel_logits(logits, op);
+  check_gumbel_step(step, op);
+  check_device(logits, op, "logits");
+  return torch::stable::new_empty(logits, logits.sizes(), gumbel_acc_type(logits));
+}
+
 // philox4x32_10: counter [n, 4] and key [n, 2], int64 holding 32-bit unsigned words. Validated on the
 // host (a device tensor is copied there); the host copies are kept for philox_on_host.
 struct PhiloxInputs {
