@@ -29,32 +29,39 @@ def test_task_is_deterministic_and_answers_are_right():
     a, b = data.make_sample(3, "train", 17), data.make_sample(3, "train", 17)
     assert np.array_equal(a.image, b.image) and a.questions == b.questions and a.answers == b.answers
     assert not np.array_equal(a.image, data.make_sample(3, "test", 17).image)
+    seen = set()
     for i in range(50):   # check every answer against the drawn scene
-        s = data.make_sample(0, "val", i, questions_per_image=6)
+        s = data.make_sample(0, "val", i, questions_per_image=8, kinds=data.ALL_KINDS)
         cells = np.flatnonzero(s.patch_labels)
         code = s.patch_labels[cells] - 1
         colors = [list(data.COLORS)[c // 12] for c in code]
         shapes = [data.SHAPES[(c // 4) % 3] for c in code]
         corners = [data.CORNERS[c % 4] for c in code]
+        seen.update(s.kinds)
         for q, a, kind in zip(s.questions, s.answers, s.kinds):
             w = q.split()
             if kind == "colour":
                 assert [colors[j] for j in range(len(cells)) if shapes[j] == w[4]] == [a]
             elif kind == "shape":
-                assert shapes[colors.index(w[4])] == a
+                assert shapes[colors.index(w[3])] == a
             elif kind == "detail":
-                assert corners[colors.index(w[6])] == a
+                assert corners[colors.index(w[5])] == a
+            elif kind == "position":
+                r, c = divmod(int(cells[colors.index(w[3])]), 8)
+                assert a == ("top" if r < 4 else "bottom") + ("left" if c < 4 else "right")
             elif kind == "count":
-                assert int(a) == (len(cells) if w[2] == "objects" else shapes.count(w[2]))
+                assert int(a) == (len(cells) if w[2] == "objects" else shapes.count(w[2][:-1]))
             else:
                 ci, cj = [x for x in w if x in data.COLORS]
                 i, j = cells[colors.index(ci)], cells[colors.index(cj)]
-                yes = (i % 8 < j % 8) if w[4] == "left" else (i // 8 < j // 8)
+                yes = (i % 8 < j % 8) if w[2] == "left" else (i // 8 < j // 8)
                 assert a == ("yes" if yes else "no")
+        assert not set(data.make_sample(0, "val", i, 8).kinds) & {"relation"}   # not in the default mix
         # the pixels show it: each object's colour fills its cell's centre
         for cell, color in zip(cells, colors):
             r, c = (cell // 8) * 8 + 4, (cell % 8) * 8 + 3
             assert tuple(s.image[:, r, c]) == data.COLORS[color]
+    assert seen == set(data.ALL_KINDS)
 
 
 def test_llava_json_round_trip(tmp_path):
@@ -105,7 +112,7 @@ def test_training_resumes_on_the_same_loss_curve(tmp_path):
     code = ("import sys; from vtp_ext.train import TrainConfig, train; "
             f"train(TrainConfig(**{cfg.__dict__!r}))")
     env = dict(os.environ, VTP_EXT_KILL_AT_STEP="2")   # dies (os._exit) after step 2; the last checkpoint is step 2
-    proc = subprocess.run([sys.executable, "-c", code], env=env)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path)   # cwd: never the source tree
     assert proc.returncode == 137
     assert len(losses(cfg.out_dir)) == 3
     train(cfg)                                            # resume
@@ -114,14 +121,21 @@ def test_training_resumes_on_the_same_loss_curve(tmp_path):
     np.testing.assert_allclose([v for _, v in got], [v for _, v in ref], rtol=0, atol=1e-6)
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ddp_two_processes_equal_one(tmp_path):
     one = small_cfg(tmp_path, "one", steps=3)
     train(one)
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m", "vtp_ext",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "vtp_ext",
            "train", "--out-dir", str(two), "--steps", "3", "--images-per-batch", "4", "--questions-per-image", "2",
            "--checkpoint-every", "2", "--vlm", __import__("json").dumps(TINY), "--no-progress", "--lr", "0.003"]
-    subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600, cwd=tmp_path)
     np.testing.assert_allclose([v for _, v in losses(str(two))], [v for _, v in losses(one.out_dir)], rtol=0, atol=1e-5)
 
 
@@ -145,3 +159,20 @@ def test_controller_stage_and_evaluation(tmp_path):
     assert by[("fastv", 0.2)]["tflops_llava7b"] < by[("full", 0.2)]["tflops_llava7b"]
     assert os.path.getsize(tmp_path / "eval" / "accuracy_vs_flops.png") > 1000
     assert "saliency" in ev.format_table(results)
+
+
+def test_train_and_evaluate_on_a_llava_json(tmp_path):
+    """A user's own data: training and evaluation read the LLaVA conversation format; its words join the
+    vocabulary."""
+    import json
+    path = data.write_llava_json(str(tmp_path / "data"), "train", 6, seed=2)
+    records = json.load(open(path))
+    records[0]["conversations"][1]["value"] = "vermilion"        # a word the task vocabulary lacks
+    json.dump(records, open(path, "w"))
+    final = train(small_cfg(tmp_path, "own", steps=3, train_json=path))
+    model, tok, _ = load_vlm(final)
+    assert "vermilion" in tok.vocab and len(losses(os.path.dirname(final))) == 3
+    samples = data.load_llava_json(path)
+    results = ev.evaluate(model, tok, {}, ["full", "saliency"], [0.5], progress=False, samples=samples)
+    assert [r["method"] for r in results] == ["full", "saliency"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in results) and results[1]["tokens"] == 1 + 32

@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--methods", default=None, help="comma-separated method names (default: all)")
     e.add_argument("--budgets", default="0.2,0.4,0.6,0.8,1.0")
     e.add_argument("--test-images", type=int, default=256)
+    e.add_argument("--test-json", default=None, help="evaluate on a LLaVA conversation JSON instead of ShapesVQA")
     e.add_argument("--out-dir", default="runs/eval")
     b = sub.add_parser("bench", help="run the op benchmarks and print one table of speed-up ratios")
     b.add_argument("--bench-dir", default="bench")
@@ -120,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         names = args.methods.split(",") if args.methods else [m for m in ev.METHODS if not m.startswith("adaptive")] + \
             [f"adaptive-{n}" for n in controllers]
         budgets = [float(x) for x in args.budgets.split(",")]
-        results = ev.evaluate(model, tok, controllers, names, budgets, test_images=args.test_images)
+        samples = None
+        if args.test_json:
+            from .data import load_llava_json
+            samples = load_llava_json(args.test_json, model.config.image_size)
+        results = ev.evaluate(model, tok, controllers, names, budgets, test_images=args.test_images, samples=samples)
         csv_path, png_path = ev.write_outputs(results, args.out_dir)
         print(ev.format_table(results) + f"\n\nresults: {csv_path}\nplot:    {png_path}")
     elif args.command == "bench":

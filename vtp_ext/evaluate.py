@@ -94,9 +94,13 @@ def train_difficulty(model: TinyVLM, tok, inner: str = "saliency", levels=(0.2, 
 def evaluate(model: TinyVLM, tok, controllers: Dict[str, torch.nn.Module], method_names: Sequence[str] = METHODS,
              budgets: Sequence[float] = BUDGETS, test_images: int = 256, seed: int = 0,
              difficulty: Optional[DifficultyClassifier] = None, out_dir: Optional[str] = None,
-             progress: bool = True) -> List[dict]:
+             progress: bool = True, samples: Optional[Sequence[data.Sample]] = None) -> List[dict]:
+    """``samples``: evaluate on these (e.g. ``data.load_llava_json(path)``) instead of ``test_images``
+    generated ShapesVQA test images."""
     model.eval()
-    batch = data.encode_batch([data.make_sample(seed, "test", i) for i in range(test_images)], tok)
+    if samples is None:
+        samples = [data.make_sample(seed, "test", i) for i in range(test_images)]
+    batch = data.encode_batch(samples, tok)
     spec, llava = model.flops_spec(), flops.PRESETS["llava-1.5-7b"]
     n_patches = model.tower.num_patches
     jobs = [(m, b) for m in method_names for b in budgets]

@@ -34,8 +34,8 @@ class TrainConfig:
     init: Optional[str] = None         # controller stage: the stage-1 checkpoint
     steps: int = 600
     images_per_batch: int = 16         # global batch (split over ranks); every image brings questions_per_image rows
-    questions_per_image: int = 4
-    lr: float = 1e-3
+    questions_per_image: int = 8
+    lr: float = 2e-3
     warmup: float = 0.1
     weight_decay: float = 0.01
     seed: int = 0
@@ -53,6 +53,7 @@ class TrainConfig:
     per_sample_budget: bool = False
     joint: bool = False                # controller stage: also tune the VLM
     vlm: dict = dataclasses.field(default_factory=dict)   # VLMConfig overrides for the vlm stage
+    train_json: Optional[str] = None   # train on a LLaVA conversation JSON instead of generated ShapesVQA
     progress: bool = True
 
 
@@ -97,9 +98,10 @@ class _Step(nn.Module):
         if self.controller is None:
             red = m.full_reduction(batch["images"])
             lm_loss = m.loss(m(batch["images"], batch["text"], batch["image_index"], self.tok, batch["target"], red))
-            if m.aux_head is None or self.cfg.aux_weight == 0:
+            if m.aux_head is None or self.cfg.aux_weight == 0 or "patch_labels" not in batch:
                 return lm_loss, lm_loss
-            aux = nn.functional.cross_entropy(m.aux_head(red.tokens[:, 1:]).flatten(0, 1), batch["patch_labels"].flatten())
+            patches = red.tokens[:, 1:]
+            aux = nn.functional.cross_entropy(m.aux_head(patches).flatten(0, 1), batch["patch_labels"].flatten())
             return lm_loss + self.cfg.aux_weight * aux, lm_loss
         red = self.controller(batch["images"], budget, seed=gumbel_seed)
         lm_loss = m.loss(m(batch["images"], batch["text"], batch["image_index"], self.tok, batch["target"], red))
@@ -124,6 +126,10 @@ def train(cfg: TrainConfig) -> str:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     tok = data.WordTokenizer.task_vocabulary()
+    pool = data.load_llava_json(cfg.train_json, cfg.vlm.get("image_size", data.IMAGE)) if cfg.train_json else None
+    if pool is not None and cfg.stage == "vlm":   # the user's words join the task vocabulary
+        tok = data.WordTokenizer(tok.vocab + [w for smp in pool for t in smp.questions + smp.answers
+                                              for w in t.lower().split()])
     if cfg.stage == "vlm":
         vlm_cfg = VLMConfig(len(tok), aux_classes=data.PATCH_CLASSES if cfg.aux_weight else 0, **cfg.vlm)
         model, controller = TinyVLM(vlm_cfg), None
@@ -132,11 +138,15 @@ def train(cfg: TrainConfig) -> str:
         if cfg.init is None:
             raise ValueError("vtp_ext.train: the controller stage needs init= (a stage-1 checkpoint)")
         model, tok, ck = load_vlm(cfg.init)
+        if cfg.train_json:
+            pool = data.load_llava_json(cfg.train_json, model.config.image_size)
         vlm_cfg = VLMConfig(**ck["vlm_config"])
         torch.manual_seed(cfg.seed)
         controller = build_controller(model, cfg.fusion, cfg.logits, cfg.output, cfg.tau)
         model.requires_grad_(cfg.joint)
         model.freeze_unused()
+        if model.aux_head is not None:   # stage-1 only: unused here (DDP needs it frozen)
+            model.aux_head.requires_grad_(False)
         params = [p for p in controller.parameters() if p.requires_grad] + (list(model.parameters()) if cfg.joint else [])
         # the controller's tower is the VLM's: its parameters follow the joint flag
     else:
@@ -189,8 +199,11 @@ def train(cfg: TrainConfig) -> str:
     kill_at = int(os.environ.get("VTP_EXT_KILL_AT_STEP", "-1"))   # tests: a hard kill right after that step
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
-        samples = [data.make_sample(cfg.data_seed, "train", pos + j, cfg.questions_per_image, _kinds(cfg, step))
-                   for j in range(cfg.images_per_batch)]
+        if pool is not None:   # the user's records, in order, cycling (the position is what a resume restores)
+            samples = [pool[(pos + j) % len(pool)] for j in range(cfg.images_per_batch)]
+        else:
+            samples = [data.make_sample(cfg.data_seed, "train", pos + j, cfg.questions_per_image, _kinds(cfg, step))
+                       for j in range(cfg.images_per_batch)]
         pos += cfg.images_per_batch
         share = cfg.images_per_batch // world
         batch = data.encode_batch(samples[rank * share:(rank + 1) * share], tok, multi_turn=True)

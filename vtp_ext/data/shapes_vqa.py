@@ -6,11 +6,20 @@ sit in distinct cells (so the information is spread over a few patches and most 
 with a 2 x 2 white dot in one corner of its cell (a fine detail only the full resolution shows). Question
 kinds, with their difficulty (0 easy, 1 medium, 2 hard):
 
-    colour    "what color is the <shape> ?"            (the shape is unique in the image)     0
-    shape     "what shape is the <color> object ?"                                               0
-    count     "how many objects ?" / "how many <shape> ?"                                         1
-    relation  "is the <color> object left of the <color> object ?"  -> yes / no                   2
-    detail    "where is the dot on the <color> object ?"  -> topleft / topright / ...             2
+    colour    "what color is the <shape>"            (the shape is unique in the image)       0
+    shape     "what shape is <color>"                                                             0
+    count     "how many objects" / "how many <shape>s"                                            1
+    position  "which quadrant is <color>"  -> topleft / topright / bottomleft / bottomright        1
+    detail    "where is the dot on <color>"  -> topleft / topright / ...   (a 2 x 2 pixel detail)  2
+    relation  "is <color> left of <color>"  -> yes / no   (or "above" when they share a column)   2
+
+``KINDS`` (the default mix) leaves ``relation`` out: it needs two look-ups and a comparison, and the
+tiny model stayed at its answer prior (56%) on it after the demo's 1,000 steps (measured); pass
+``kinds=ALL_KINDS`` to include it.
+
+Every question ends with the word that names what to look up, so a small decoder trained from scratch can
+find the object with one attention hop from the last prompt token (the two-hop form "... the red object ?"
+was measured to stay near the answer prior for hundreds of steps longer).
 
 Sample ``i`` of a split is a pure function of (seed, split, i): the training stream can draw fresh images
 at every step and a resumed run continues from its sample index.
@@ -29,8 +38,9 @@ COLORS: Dict[str, Tuple[int, int, int]] = {"red": (230, 40, 40), "green": (40, 2
                                            "yellow": (235, 220, 40), "magenta": (220, 50, 220), "cyan": (40, 220, 225)}
 SHAPES = ("square", "circle", "triangle")
 CORNERS = ("topleft", "topright", "bottomleft", "bottomright")
-KINDS = ("colour", "shape", "count", "relation", "detail")
-DIFFICULTY = {"colour": 0, "shape": 0, "count": 1, "relation": 2, "detail": 2}
+ALL_KINDS = ("colour", "shape", "count", "position", "detail", "relation")
+KINDS = ALL_KINDS[:5]
+DIFFICULTY = {"colour": 0, "shape": 0, "count": 1, "position": 1, "detail": 2, "relation": 2}
 IMAGE, CELL = 64, 8
 GRID = IMAGE // CELL
 PATCH_CLASSES = 1 + len(COLORS) * len(SHAPES) * len(CORNERS)
@@ -85,24 +95,27 @@ def make_sample(seed: int, split: str, index: int, questions_per_image: int = 4,
         i = int(rng.integers(n))
         if kind == "colour":
             s = unique[int(rng.integers(len(unique)))]
-            q, a = f"what color is the {s} ?", colors[shapes.index(s)]
+            q, a = f"what color is the {s}", colors[shapes.index(s)]
         elif kind == "shape":
-            q, a = f"what shape is the {colors[i]} object ?", shapes[i]
+            q, a = f"what shape is {colors[i]}", shapes[i]
         elif kind == "count":
             if rng.random() < 0.5:
-                q, a = "how many objects ?", str(n)
+                q, a = "how many objects", str(n)
             else:
                 s = SHAPES[int(rng.integers(len(SHAPES)))]
-                q, a = f"how many {s} ?", str(shapes.count(s))
+                q, a = f"how many {s}s", str(shapes.count(s))
         elif kind == "relation":
             j = int(rng.choice([j for j in range(n) if j != i]))
             ci, cj = cells[i] % GRID, cells[j] % GRID
             if ci == cj:   # same column: ask about the other order so the answer is defined
-                q, a = f"is the {colors[i]} object above the {colors[j]} object ?", "yes" if cells[i] < cells[j] else "no"
+                q, a = f"is {colors[i]} above {colors[j]}", "yes" if cells[i] < cells[j] else "no"
             else:
-                q, a = f"is the {colors[i]} object left of the {colors[j]} object ?", "yes" if ci < cj else "no"
+                q, a = f"is {colors[i]} left of {colors[j]}", "yes" if ci < cj else "no"
+        elif kind == "position":
+            r, c = divmod(int(cells[i]), GRID)
+            q, a = f"which quadrant is {colors[i]}", ("top" if r < GRID // 2 else "bottom") + ("left" if c < GRID // 2 else "right")
         else:
-            q, a = f"where is the dot on the {colors[i]} object ?", corners[i]
+            q, a = f"where is the dot on {colors[i]}", corners[i]
         qs.append(q)
         ans.append(a)
         ks.append(kind)
@@ -134,8 +147,8 @@ class WordTokenizer:
 
     @classmethod
     def task_vocabulary(cls) -> "WordTokenizer":
-        words = ("what color is the shape object how many objects left of above where dot on ? yes no "
-                 + " ".join(COLORS) + " " + " ".join(SHAPES) + " " + " ".join(CORNERS) + " 0 1 2 3 4 5").split()
+        words = ("what color is the shape object how many objects left of above where dot on which quadrant ? yes no "
+                 + " ".join(COLORS) + " " + " ".join(SHAPES) + " " + " ".join(s + "s" for s in SHAPES) + " " + " ".join(CORNERS) + " 0 1 2 3 4 5").split()
         return cls(words)
 
 
