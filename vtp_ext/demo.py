@@ -15,7 +15,7 @@ from .data import shapes_vqa as data
 from .train import TrainConfig, load_controller, load_vlm, train
 
 # Step counts sized for <= 15 minutes on 2 CPU cores (see README: the main job).
-VLM_STEPS, CONTROLLER_STEPS = 1000, 150
+VLM_STEPS, CONTROLLER_STEPS = 1000, 300
 
 
 def _cached(cfg: TrainConfig) -> bool:
