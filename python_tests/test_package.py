@@ -29,6 +29,12 @@ def test_info_command():
     assert "torch.ops.vtp_ext.token_saliency" in out and "torch.ops.vtp_ext.token_saliency_backward" in out
 
 
+def test_console_script():
+    script = os.path.join(os.path.dirname(sys.executable), "vtp-ext")   # installed beside this interpreter
+    out = subprocess.run([script, "info"], capture_output=True, text=True, check=True, cwd=os.path.dirname(__file__)).stdout
+    assert f"vtp_ext {vtp_ext.__version__}" in out
+
+
 def test_version_tag_matches_build():
     from importlib.metadata import version
 

@@ -104,7 +104,7 @@ def evaluate(model: TinyVLM, tok, controllers: Dict[str, torch.nn.Module], metho
     batch = data.encode_batch(samples, tok)
     spec, llava = model.flops_spec(), flops.PRESETS["llava-1.5-7b"]
     n_patches = model.tower.num_patches
-    jobs = [(m, b) for m in method_names for b in budgets]
+    jobs = [(m, b) for m in method_names for b in (budgets if m != "full" else [1.0])]   # full ignores the budget
     if difficulty is not None:
         jobs.append(("difficulty", None))
     bar = None

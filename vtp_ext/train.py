@@ -102,12 +102,7 @@ class _Step(nn.Module):
             if m.aux_head is None or self.cfg.aux_weight == 0 or "patch_labels" not in batch:
                 return lm_loss, lm_loss
             patches = red.tokens[:, 1:]
-            labels = batch["patch_labels"]
-            aux = nn.functional.cross_entropy(m.aux_head(patches).flatten(0, 1), labels.flatten())
-            objects = labels > 0
-            where = torch.arange(patches.shape[1], device=patches.device).expand_as(labels)[objects]
-            # summed per image, not averaged over objects: every rank then weighs its objects as one process would
-            aux = aux + nn.functional.cross_entropy(m.aux_position(patches[objects]), where, reduction="sum") / len(labels)
+            aux = nn.functional.cross_entropy(m.aux_head(patches).flatten(0, 1), batch["patch_labels"].flatten())
             return lm_loss + self.cfg.aux_weight * aux, lm_loss
         red = self.controller(batch["images"], budget, seed=gumbel_seed)
         lm_loss = m.loss(m(batch["images"], batch["text"], batch["image_index"], self.tok, batch["target"], red))
@@ -151,9 +146,8 @@ def train(cfg: TrainConfig) -> str:
         controller = build_controller(model, cfg.fusion, cfg.logits, cfg.output, cfg.tau)
         model.requires_grad_(cfg.joint)
         model.freeze_unused()
-        for head in (model.aux_head, model.aux_position):   # stage-1 only: unused here (DDP needs them frozen)
-            if head is not None:
-                head.requires_grad_(False)
+        if model.aux_head is not None:   # stage-1 only: unused here (DDP needs it frozen)
+            model.aux_head.requires_grad_(False)
         params = [p for p in controller.parameters() if p.requires_grad] + (list(model.parameters()) if cfg.joint else [])
         # the controller's tower is the VLM's: its parameters follow the joint flag
     else:

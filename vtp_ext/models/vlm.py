@@ -41,9 +41,6 @@ class TinyVLM(nn.Module):
         self.projector = nn.Sequential(nn.Linear(c.vision_dim, c.lm_dim), nn.GELU(), nn.Linear(c.lm_dim, c.lm_dim))
         self.lm = TinyLM(c.vocab_size, c.lm_dim, c.lm_layers, c.lm_heads)
         self.aux_head = nn.Linear(c.vision_dim, c.aux_classes) if c.aux_classes else None
-        # ... and, for object patches, which cell they are: position questions need the position in the token
-        # (asked of every patch, it also lifts the empty patches' variance and breaks variance saliency)
-        self.aux_position = nn.Linear(c.vision_dim, self.vit.num_patches) if c.aux_classes else None
         self.freeze_unused()
 
     def freeze_unused(self) -> None:
