@@ -75,6 +75,27 @@ def test_straight_through_gradient_reaches_the_controller(fusion, logits, output
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("fusion", ["A", "B"])
+def test_gated_output(fusion):
+    """output="gated": every token unchanged, all valid, and a 0/1 key gate marking CLS + the same K patches
+    the compact output keeps; the gate carries the straight-through gradient to the controller."""
+    ctrl = vnn.AdaptiveTokenController(tiny_tower(), fusion=fusion).train()
+    images, budget = torch.rand(3, 3, 32, 32), torch.tensor([0.1, 0.5, 1.0])
+    gated = ctrl(images, budget, seed=5, output="gated")
+    compact = ctrl(images, budget, seed=5)
+    feats, _ = ctrl.encode(images, budget.double())
+    torch.testing.assert_close(gated.tokens, feats)
+    assert gated.mask.all() and gated.tokens.shape == (3, 65, 48)
+    gate = gated.extras["key_gate"]
+    assert set(gate.unique().tolist()) <= {0.0, 1.0} and gate[:, 0].eq(1).all()
+    for b in range(3):
+        assert torch.nonzero(gate[b]).flatten().tolist() == compact.indices[b][compact.mask[b]].tolist()
+    (gate * torch.randn_like(gate)).sum().backward()
+    assert ctrl.score.weight.grad is not None and ctrl.score.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="output must be"):
+        ctrl(images, budget, output="soft")
+
+
 def test_option_a_reuses_the_encoder():
     """With the budget token hidden from every other token's attention, the CLS and patch outputs of the
     wrapped run equal the plain encoder's (so option A runs the same encoder on N + 2 tokens)."""

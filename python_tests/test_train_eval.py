@@ -15,6 +15,7 @@ import torch
 from vtp_ext import evaluate as ev
 from vtp_ext.data import shapes_vqa as data
 from vtp_ext.models.vlm import TinyVLM, VLMConfig
+from vtp_ext.nn.reduction import Reduction
 from vtp_ext.train import TrainConfig, load_controller, load_vlm, train
 
 TINY = {"vision_dim": 32, "vision_depth": 2, "vision_heads": 2, "lm_dim": 32, "lm_layers": 2, "lm_heads": 2}
@@ -99,6 +100,46 @@ def test_assemble_rows_and_labels():
         assert {t for t in want if t >= 0} == answers | {tok.eos}
 
 
+def test_key_gate_equals_dropping_and_has_the_derivative():
+    """Tokens gated out stay in the LM's rows but are seen by no one: the forward equals the rows without
+    them, and the loss's derivative with respect to a gate (including a closed one) is the finite
+    difference of the relaxed gate (float64)."""
+    tok = data.WordTokenizer.task_vocabulary()
+    torch.manual_seed(0)
+    m = TinyVLM(VLMConfig(len(tok), **TINY)).double().eval()
+    b = data.encode_batch([data.make_sample(0, "train", i, 2) for i in range(3)], tok, multi_turn=True)
+    images = b["images"].double()
+    feats = m.tower.features(images)
+    gate = (torch.rand(3, feats.shape[1], dtype=torch.float64) < 0.4).double()
+    gate[:, 0] = 1
+    n = int(gate.sum(1).max())
+    keep = torch.stack([torch.cat([torch.nonzero(g).flatten(), torch.full((n - int(g.sum()),), -1)]) for g in gate])
+    dropped = Reduction(torch.stack([torch.where(keep[r, :, None] >= 0, feats[r, keep[r].clamp(min=0)], 0) for r in range(3)]),
+                        keep >= 0, keep, torch.zeros(3, 1, 1, dtype=torch.long))
+
+    def gated(g):
+        return Reduction(feats, torch.ones(feats.shape[:2], dtype=torch.bool), None, torch.zeros(3, 1, 1, dtype=torch.long),
+                         extras={"key_gate": g})
+
+    def loss(red):   # in float64 (TinyVLM.loss computes in float32)
+        out = m(images, b["text"], b["image_index"], tok, b["target"], red)
+        return torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), out.state.labels.flatten(), ignore_index=-100)
+
+    torch.testing.assert_close(loss(gated(gate)), loss(dropped), rtol=0, atol=1e-12)
+    g = gate.clone().requires_grad_(True)
+    loss(gated(g)).backward()
+    closed = torch.nonzero(gate[0] == 0).flatten()[:3].tolist()
+    opened = torch.nonzero(gate[0] == 1).flatten()[1:3].tolist()
+    for j in closed + opened:
+        eps = 1e-6
+        hi, lo = gate.clone(), gate.clone()
+        hi[0, j] += eps
+        lo[0, j] -= eps
+        fd = (loss(gated(hi)) - loss(gated(lo))) / (2 * eps)
+        assert abs(fd.item() - g.grad[0, j].item()) < 1e-6 * max(1.0, abs(fd.item()))
+    assert g.grad[0, closed].abs().min() > 0     # the closed gates get a derivative
+
+
 def small_cfg(tmp_path, name, **kw):
     base = dict(out_dir=str(tmp_path / name), steps=6, images_per_batch=4, questions_per_image=2, checkpoint_every=2,
                 vlm=TINY, progress=False, lr=3e-3)
@@ -159,6 +200,22 @@ def test_controller_stage_and_evaluation(tmp_path):
     assert by[("fastv", 0.2)]["tflops_llava7b"] < by[("full", 1.0)]["tflops_llava7b"]
     assert os.path.getsize(tmp_path / "eval" / "accuracy_vs_flops.png") > 1000
     assert "saliency" in ev.format_table(results)
+
+
+def test_joint_controller_brings_its_own_vlm(tmp_path):
+    vlm = train(small_cfg(tmp_path, "vlm", steps=3))
+    ctrl = train(small_cfg(tmp_path, "ctrl", stage="controller", init=vlm, steps=2, fusion="A", joint=True))
+    model, tok, _ = load_vlm(vlm)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    controller = load_controller(ctrl, model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # the caller's model is untouched
+    tuned = controller.tuned_vlm
+    assert tuned is not None and controller.tower is tuned.tower
+    assert any(not torch.equal(before[k], v) for k, v in tuned.state_dict().items())
+    assert "tuned_vlm" not in dict(controller.named_children())
+    results = ev.evaluate(model, tok, {"A-joint": controller}, ["adaptive-A-joint"], [1.0], test_images=4, progress=False)
+    full = ev.evaluate(tuned, tok, {}, ["full"], [1.0], test_images=4, progress=False)
+    assert results[0]["accuracy"] == full[0]["accuracy"]   # K = N: the tuned VLM at every token
 
 
 def test_train_and_evaluate_on_a_llava_json(tmp_path):

@@ -121,7 +121,9 @@ def evaluate(model: TinyVLM, tok, controllers: Dict[str, torch.nn.Module], metho
         else:
             method = build_method(name, model, controllers, seed)
             aware = name == "pyramid-ptp"
-            correct, red, rows, sec = run_method(model, tok, method, batch, budget, aware)
+            # a controller tuned jointly with the VLM runs with its own copy of it
+            vlm = getattr(controllers.get(name.split("-", 1)[-1]), "tuned_vlm", None) if name.startswith("adaptive") else None
+            correct, red, rows, sec = run_method(vlm or model, tok, method, batch, budget, aware)
         counts = token_counts(red, spec.lm.layers)
         f_tiny = row_flops(spec, counts, rows, (batch["text"] != tok.pad).sum(1) + 1)
         f_llava = row_flops(llava, scaled_to_llava(counts, n_patches), rows, torch.full((len(rows),), LLAVA_TEXT_TOKENS))
@@ -134,7 +136,7 @@ def evaluate(model: TinyVLM, tok, controllers: Dict[str, torch.nn.Module], metho
             row[f"acc_{kind}"] = acc[sel].mean().item() if sel.any() else float("nan")
         results.append(row)
         if bar is not None:
-            bar.set_postfix(method=name, acc=f"{row['accuracy']:.3f}")
+            bar.set_postfix(method=name, acc=f"{row['accuracy']:.3f}", refresh=False)
             bar.update(1)
     if bar is not None:
         bar.close()
@@ -144,11 +146,11 @@ def evaluate(model: TinyVLM, tok, controllers: Dict[str, torch.nn.Module], metho
 
 
 def format_table(results: List[dict]) -> str:
-    head = f"{'method':<12} {'budget':>6} {'tokens':>7} {'acc':>6} {'easy':>6} {'med':>6} {'hard':>6} " \
+    head = f"{'method':<16} {'budget':>6} {'tokens':>7} {'acc':>6} {'easy':>6} {'med':>6} {'hard':>6} " \
            f"{'GFLOPs':>8} {'LLaVA-7B TFLOPs':>15} {'ms/q':>6}"
     lines = [head, "-" * len(head)]
     for r in results:
-        lines.append(f"{r['method']:<12} {r['budget']:>6.2f} {r['tokens']:>7.1f} {r['accuracy']:>6.3f} "
+        lines.append(f"{r['method']:<16} {r['budget']:>6.2f} {r['tokens']:>7.1f} {r['accuracy']:>6.3f} "
                      f"{r['acc_easy']:>6.3f} {r['acc_medium']:>6.3f} {r['acc_hard']:>6.3f} {r['gflops_tiny']:>8.4f} "
                      f"{r['tflops_llava7b']:>15.3f} {r['ms_per_question']:>6.2f}")
     return "\n".join(lines)

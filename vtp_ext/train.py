@@ -10,6 +10,7 @@ same code runs DDP (gloo on CPU, nccl on GPUs); each rank takes an equal slice o
 """
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -47,7 +48,8 @@ class TrainConfig:
     curriculum: bool = False           # easy question kinds first, then medium, then all (seed 000 section 4)
     fusion: str = "A"                  # controller options (vtp_ext.nn.AdaptiveTokenController)
     logits: str = "per_patch"
-    output: str = "compact"
+    output: str = "compact"            # how the trained controller returns tokens in evaluation
+    key_gate: bool = True              # training: dropped tokens stay behind the LM's key gate (they get a gradient)
     tau: float = 5.0
     budget_min: float = 0.2
     budget_max: float = 1.0
@@ -104,7 +106,7 @@ class _Step(nn.Module):
             patches = red.tokens[:, 1:]
             aux = nn.functional.cross_entropy(m.aux_head(patches).flatten(0, 1), batch["patch_labels"].flatten())
             return lm_loss + self.cfg.aux_weight * aux, lm_loss
-        red = self.controller(batch["images"], budget, seed=gumbel_seed)
+        red = self.controller(batch["images"], budget, seed=gumbel_seed, output="gated" if self.cfg.key_gate else None)
         lm_loss = m.loss(m(batch["images"], batch["text"], batch["image_index"], self.tok, batch["target"], red))
         return lm_loss, lm_loss
 
@@ -231,7 +233,7 @@ def train(cfg: TrainConfig) -> str:
                                         f"{time.perf_counter() - t0:.2f}"])
         if bar is not None:
             rows_per_s = (step + 1 - start) * cfg.images_per_batch * cfg.questions_per_image / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{stats[1].item():.3f}", budget=f"{budget.mean().item():.2f}", qa_per_s=f"{rows_per_s:.0f}")
+            bar.set_postfix(loss=f"{stats[1].item():.3f}", budget=f"{budget.mean().item():.2f}", qa_per_s=f"{rows_per_s:.0f}", refresh=False)
             bar.update(1)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             save(step + 1, final=step + 1 == cfg.steps)
@@ -249,11 +251,16 @@ def train(cfg: TrainConfig) -> str:
 
 
 def load_controller(path: str, model: TinyVLM) -> AdaptiveTokenController:
-    """A controller-stage checkpoint on top of ``model`` (whose weights it also restores when tuned jointly)."""
+    """A controller-stage checkpoint on top of ``model``. A controller tuned jointly with the VLM comes with
+    its own copy of it (``controller.tuned_vlm``, ``model`` is left alone); otherwise ``tuned_vlm`` is None."""
     ck = torch.load(path, map_location="cpu", weights_only=False)
     c = ck["config"]
-    controller = build_controller(model, c["fusion"], c["logits"], c["output"], c["tau"])
+    tuned = None
     if c.get("joint"):
-        model.load_state_dict(ck["model"])
+        tuned = copy.deepcopy(model)
+        tuned.load_state_dict(ck["model"])
+        tuned.eval()
+    controller = build_controller(tuned or model, c["fusion"], c["logits"], c["output"], c["tau"])
     controller.load_state_dict(ck["controller"])
+    controller.__dict__["tuned_vlm"] = tuned   # a plain attribute: not a submodule of the controller
     return controller.eval()

@@ -68,6 +68,14 @@ def _transformers():
     return transformers
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_kw() -> str:
+    """The name of the KV-cache argument and output field: transformers 5.24 renamed ``past_key_values``
+    to ``cache`` (the old argument name stays accepted, with a deprecation warning, until 5.40)."""
+    params = inspect.signature(_transformers().LlamaModel.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------------------
@@ -313,11 +321,13 @@ class Handle:
     def _lm_forward(self, original, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                     inputs_embeds=None, use_cache=None, **kwargs):
         lm = self.model.model.language_model
-        pending, cache = self._pending, past_key_values
+        cache = kwargs.pop("cache", None)
+        cache = past_key_values if cache is None else cache
+        pending = self._pending
         record = getattr(cache, "_vtp_ext_layers", None) if cache is not None else None
         if pending is None and record is None:
             return original(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+                            inputs_embeds=inputs_embeds, use_cache=use_cache, **{_cache_kw(): cache}, **kwargs)
         transformers = _transformers()
         if lm.config.model_type != "llama":
             raise NotImplementedError(f"vtp_ext.integrations.hf: LLM-side methods need a LLaMA text model, got "
@@ -345,7 +355,7 @@ class Handle:
             out = _pruned_prefill(lm, pending, hidden, attention_mask, position_ids, cache if use_cache else None)
         else:
             out = _pruned_decode(lm, record, hidden, attention_mask, cache)
-        return transformers.modeling_outputs.BaseModelOutputWithPast(last_hidden_state=out, past_key_values=cache)
+        return transformers.modeling_outputs.BaseModelOutputWithPast(last_hidden_state=out, **{_cache_kw(): cache})
 
 
 def _without_cls(pruner) -> None:
@@ -441,7 +451,7 @@ def _pruned_prefill(lm, pending: _PendingPrefill, hidden, attention_mask, positi
         records.append(_LayerRecord(state.attention_mask, state.position_ids.gather(1, last[:, None])[:, 0] + 1, Li))
         query_key = torch.arange(Li, device=dev).expand(B, Li)
         state.hidden = layer(state.hidden, attention_mask=_additive_mask(state.attention_mask, query_key, hidden.dtype),
-                             position_ids=state.position_ids, past_key_values=cache, use_cache=cache is not None,
+                             position_ids=state.position_ids, **{_cache_kw(): cache}, use_cache=cache is not None,
                              position_embeddings=lm.rotary_emb(state.hidden, state.position_ids))
     if cache is not None:
         cache._vtp_ext_layers = records
@@ -466,6 +476,6 @@ def _pruned_decode(lm, records: List[_LayerRecord], hidden, attention_mask, cach
         query_key = (rec.length + t + steps).expand(B, s)
         positions = rec.next_position[:, None] + t + steps
         hidden = layer(hidden, attention_mask=_additive_mask(key_valid, query_key, hidden.dtype),
-                       position_ids=positions, past_key_values=cache, use_cache=True,
+                       position_ids=positions, **{_cache_kw(): cache}, use_cache=True,
                        position_embeddings=lm.rotary_emb(hidden, positions))
     return lm.norm(hidden)

@@ -1,6 +1,9 @@
 """A small LLaMA-shaped causal decoder (RMSNorm, RoPE at explicit positions, SwiGLU) whose forward lets an
 LLM-side token pruner (FastV, PyramidDrop) drop image tokens between layers. Sequences are right-padded:
-``attention_mask [B, L]`` marks the valid prefix of each row."""
+``attention_mask [B, L]`` marks the valid prefix of each row. An optional ``key_gate [B, L]`` (0/1 values
+that may carry a gradient) multiplies every attention row's probabilities before they are renormalised:
+a token gated to 0 is seen by no one -- the forward equals dropping it -- yet the loss has a derivative
+with respect to its gate (how training lets a token selector learn what a dropped token was worth)."""
 from __future__ import annotations
 
 import dataclasses
@@ -60,17 +63,21 @@ class DecoderLayer(nn.Module):
         h = self.input_layernorm(hidden)
         return rotate(self._split(self.q_proj(h)), positions), rotate(self._split(self.k_proj(h)), positions)
 
-    def forward(self, hidden, positions, key_mask, output_attentions=False):
+    def forward(self, hidden, positions, key_mask, output_attentions=False, key_gate=None):
         B, L, _ = hidden.shape
         h = self.input_layernorm(hidden)
         q, k = rotate(self._split(self.q_proj(h)), positions), rotate(self._split(self.k_proj(h)), positions)
         v = self._split(self.v_proj(h))
         allowed = torch.ones(L, L, dtype=torch.bool, device=hidden.device).tril() & key_mask[:, None, None, :]
         probs = None
-        if output_attentions:
+        if output_attentions or key_gate is not None:
             logits = (q @ k.transpose(-1, -2)) * self.head_dim ** -0.5
             ft = torch.promote_types(logits.dtype, torch.float32)
-            probs = torch.softmax(logits.to(ft).masked_fill(~allowed, float("-inf")), -1).nan_to_num(0.0).to(q.dtype)
+            probs = torch.softmax(logits.to(ft).masked_fill(~allowed, float("-inf")), -1).nan_to_num(0.0)
+            if key_gate is not None:   # every row keeps key 0 (<bos>, gate 1): the sum is never 0
+                probs = probs * key_gate.to(ft)[:, None, None, :]
+                probs = probs / probs.sum(-1, keepdim=True)
+            probs = probs.to(q.dtype)
             attn = probs @ v
         else:   # padded query rows still see key 0 (a valid token), so no row is fully masked
             attn = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
@@ -115,8 +122,11 @@ class TinyLM(nn.Module):
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, image_start: torch.Tensor,
                 image_len: torch.Tensor, query_index: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None, pruner=None, output_attentions: bool = False) -> LMOutput:
+                labels: Optional[torch.Tensor] = None, pruner=None, output_attentions: bool = False,
+                key_gate: Optional[torch.Tensor] = None) -> LMOutput:
         B, L, _ = inputs_embeds.shape
+        if key_gate is not None and pruner is not None:
+            raise ValueError("vtp_ext.models.TinyLM: key_gate and an LM-side pruner cannot be combined")
         if position_ids is None:
             position_ids = torch.arange(L, device=inputs_embeds.device).expand(B, -1) * attention_mask
         state = LMState(inputs_embeds, position_ids, attention_mask.bool(), image_start, image_len, query_index, labels)
@@ -125,7 +135,8 @@ class TinyLM(nn.Module):
             if pruner is not None:
                 state = pruner.before_layer(i, state, self)
             counts.append(state.attention_mask.sum(1))
-            state.hidden, probs = layer(state.hidden, state.position_ids, state.attention_mask, output_attentions)
+            state.hidden, probs = layer(state.hidden, state.position_ids, state.attention_mask, output_attentions,
+                                        key_gate)
             attentions.append(probs)
         logits = self.lm_head(self.norm(state.hidden))
         return LMOutput(logits, state, attentions if output_attentions else None, torch.stack(counts, 1))

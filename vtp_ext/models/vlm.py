@@ -63,11 +63,13 @@ class TinyVLM(nn.Module):
                          torch.full((B, 1, self.tower.layers_run + 1), T, dtype=torch.int64))
 
     def assemble(self, image_tokens: torch.Tensor, image_mask: torch.Tensor, text: torch.Tensor, pad: int, bos: int,
-                 target: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                 target: Optional[torch.Tensor] = None, image_gate: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """One right-padded row per text row: ``[<bos>, valid image tokens, text]``. ``image_tokens [R, T, D]``
         are projected and gathered per row; ``text [R, Lt]`` is right-padded with ``pad``; ``target [R, Lt]``
         marks the text tokens the loss predicts (labels elsewhere are -100). ``query_index`` is each row's
-        last token (where the next answer token is predicted)."""
+        last token (where the next answer token is predicted). ``image_gate [R, T]``: 0/1 per image token;
+        gated-out tokens stay in the row behind the LM's key gate, and positions count only the tokens
+        gated in, so the forward equals that of the row without them."""
         R, T, D = image_tokens.shape
         dev = image_tokens.device
         text_valid = text != pad
@@ -82,6 +84,12 @@ class TinyVLM(nn.Module):
         out = {"inputs_embeds": torch.gather(parts, 1, order[..., None].expand(-1, -1, D)) * mask[..., None],
                "attention_mask": mask, "image_start": torch.ones(R, dtype=torch.long, device=dev),
                "image_len": image_mask.sum(1), "query_index": lengths - 1}
+        if image_gate is not None:
+            ones = torch.ones(R, 1, dtype=image_gate.dtype, device=dev)
+            gate = torch.cat([ones, image_gate, ones.expand(-1, text.shape[1])], 1).gather(1, order)
+            out["key_gate"] = torch.where(mask, gate, torch.ones_like(gate))
+            seen = (mask & (gate >= 0.5)).long()   # 0/1 gates; a threshold keeps positions fixed under perturbation
+            out["position_ids"] = (seen.cumsum(1) - 1).clamp(min=0) * mask
         if target is not None:
             pre = torch.full((R, 1 + T), -100, dtype=torch.long, device=dev)
             tgt = torch.cat([pre, torch.where(target & text_valid, text, -100)], 1).gather(1, order)
@@ -96,10 +104,13 @@ class TinyVLM(nn.Module):
         ``reduction``: what a method returned for the images (default: every token)."""
         red = reduction if reduction is not None else self.full_reduction(images)
         tokens = self.projector(red.tokens)[image_index]
-        batch = self.assemble(tokens, red.mask[image_index], text, tokenizer.pad, tokenizer.bos, target)
+        gate = red.extras.get("key_gate")
+        batch = self.assemble(tokens, red.mask[image_index], text, tokenizer.pad, tokenizer.bos, target,
+                              None if gate is None else gate[image_index])
         pruner = red.lm_pruner.select(image_index) if red.lm_pruner is not None else None
         return self.lm(batch["inputs_embeds"], batch["attention_mask"], batch["image_start"], batch["image_len"],
-                       batch["query_index"], labels=batch.get("labels"), pruner=pruner)
+                       batch["query_index"], position_ids=batch.get("position_ids"), labels=batch.get("labels"),
+                       pruner=pruner, key_gate=batch.get("key_gate"))
 
     @staticmethod
     def loss(out: LMOutput) -> torch.Tensor:

@@ -50,14 +50,19 @@ class AdaptiveTokenController(nn.Module):
     - Selection: ``gumbel_topk`` (sequential, straight-through) in training, the deterministic top-K in eval.
       CLS is always kept. ``output="compact"``: ``[B, 1 + K_max, C]``, CLS then the selected patches in their
       original order, right-padded; ``output="masked"``: ``[B, 1 + N, C]`` with the dropped patches zeroed
-      (fixed shapes for ZeRO-3/FSDP).
+      (fixed shapes for ZeRO-3/FSDP); ``output="gated"`` (training with a language model that takes a key
+      gate, as ``vtp_ext.models.TinyVLM``): every token unchanged, ``mask`` all true and
+      ``extras["key_gate"] [B, 1 + N]`` the 0/1 selection carrying the straight-through gradient. Dropping a
+      token from the sequence gives the loss no derivative for it, so the selector would only ever learn
+      to push the tokens it dropped further down; gating keeps the forward and gives them one.
+      ``forward(..., output=)`` overrides the constructor's choice for one call.
     """
 
     def __init__(self, tower: VisionTower, fusion: str = "A", logits: str = "per_patch", output: str = "compact",
                  tau: float = 5.0, num_heads: int = 4):
         super().__init__()
         for name, value, allowed in (("fusion", fusion, ("A", "B")), ("logits", logits, ("per_patch", "budget_token")),
-                                     ("output", output, ("compact", "masked"))):
+                                     ("output", output, ("compact", "masked", "gated"))):
             if value not in allowed:
                 raise ValueError(f"vtp_ext.nn.AdaptiveTokenController: {name} must be one of {allowed}, got {value!r}")
         self.tower, self.fusion, self.logits_from, self.output, self.tau = tower, fusion, logits, output, tau
@@ -93,7 +98,11 @@ class AdaptiveTokenController(nn.Module):
         h = self.patch_proj(self.patch_norm(feats[:, 1:])) + self.budget_proj(z)[:, None]
         return self.score(nn.functional.gelu(h)).squeeze(-1)
 
-    def forward(self, images: torch.Tensor, budget: Budget, seed: Optional[int] = None) -> Reduction:
+    def forward(self, images: torch.Tensor, budget: Budget, seed: Optional[int] = None,
+                output: Optional[str] = None) -> Reduction:
+        output = self.output if output is None else output
+        if output not in ("compact", "masked", "gated"):
+            raise ValueError(f"vtp_ext.nn.AdaptiveTokenController: output must be compact, masked or gated, got {output!r}")
         B, N = images.shape[0], self.tower.num_patches
         b = check_budget(budget, B, "vtp_ext.nn.AdaptiveTokenController")
         k = budget_to_k(b, N)
@@ -105,7 +114,12 @@ class AdaptiveTokenController(nn.Module):
         patches = feats[:, 1:] * keep.to(feats.dtype)[..., None]
         ones = torch.ones(B, 1, dtype=torch.bool, device=feats.device)
         passes = torch.full((B, 1, self.tower.layers_run + 1), N + 1 + (self.fusion == "A"), dtype=torch.int64)
-        if self.output == "masked":
+        if output == "gated":
+            idx = torch.arange(N + 1, device=feats.device).expand(B, -1)
+            gate = torch.cat([ones.to(keep.dtype), keep], 1)
+            return Reduction(feats, torch.ones(B, N + 1, dtype=torch.bool, device=feats.device), idx, passes,
+                             extras={"logits": logits, "k": k, "key_gate": gate})
+        if output == "masked":
             tokens = torch.cat([feats[:, :1], patches], 1)
             idx = torch.arange(N + 1, device=feats.device).expand(B, -1)
             return Reduction(tokens, torch.cat([ones, keep > 0], 1), idx, passes, extras={"logits": logits, "k": k})
