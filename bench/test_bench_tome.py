@@ -1,7 +1,7 @@
 """ToMe matching + merge (size-weighted) vs the plain-torch algorithm a user writes from the paper
 (normalise, full score matmul, max, argsort, gather, scatter_reduce), eager and under torch.compile.
 Shapes: ViT-B/16 [B, 197, 768] and CLIP ViT-L/14-336 [B, 577, 1024], B in {1, 32}, r in {8, 16}.
-Memory: on CUDA the measured peak; on the CPU the size of the largest intermediate each approach
+Also unmerge (fwd, fwd+bwd) against the plain-torch scatter/gather. Memory: on CUDA the measured peak; on the CPU the size of the largest intermediate each approach
 allocates (the plain algorithm's [B, N/2, N/2] score matrix vs vtp_ext's O(N*C) unit-norm copies)."""
 from __future__ import annotations
 
@@ -94,6 +94,37 @@ def test_merge_forward_backward(benchmark, impl, shape):
     f = IMPLS[impl]
     g = torch.randn(B, N - 16, C)
     benchmark(lambda: torch.autograd.grad(f(x, metric, 16)[0], x, g))
+
+
+def plain_unmerge(y, plan):
+    """ToMe's unmerge as a user writes it: destinations to the odd positions, kept sources scattered back,
+    merged sources take their destination's row (class token protected, no distillation token)."""
+    B, _, C = y.shape
+    kept = plan.unm_idx.shape[1]
+    kept_rows, dst_rows = y[:, :kept], y[:, kept:]
+    out = y.new_zeros(B, plan.n, C)
+    out[:, 1::2] = dst_rows
+    out = out.scatter(1, (2 * plan.unm_idx)[..., None].expand(-1, -1, C), kept_rows)
+    return out.scatter(1, (2 * plan.src_idx)[..., None].expand(-1, -1, C),
+                       dst_rows.gather(1, plan.dst_idx[..., None].expand(-1, -1, C)))
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("impl", ["vtp_ext", "plain torch"])
+def test_unmerge(benchmark, impl, shape, backward):
+    """unmerge (dense outputs / visualisation after merging): [B, N - r, C] -> [B, N, C], r = 16."""
+    benchmark.group = f"tome unmerge {'fwd+bwd' if backward else 'fwd'} {list(shape)} r=16 float32 cpu"
+    B, N, C = shape
+    plan = vtp_ext.bipartite_matching(torch.randn(B, N, 64), 16, class_token=True)
+    y = torch.randn(B, N - 16, C, requires_grad=backward)
+    f = vtp_ext.unmerge if impl == "vtp_ext" else plain_unmerge
+    torch.testing.assert_close(f(y, plan), plain_unmerge(y, plan), rtol=0, atol=0)
+    if backward:
+        g = torch.randn(B, N, C)
+        benchmark(lambda: torch.autograd.grad(f(y, plan), y, g))
+    else:
+        benchmark(f, y, plan)
 
 
 @pytest.mark.parametrize("batch", [1] if QUICK else [1, 32])
