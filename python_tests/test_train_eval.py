@@ -202,9 +202,11 @@ def test_controller_stage_and_evaluation(tmp_path):
     assert "saliency" in ev.format_table(results)
 
 
-def test_joint_controller_brings_its_own_vlm(tmp_path):
+def test_joint_controller_brings_its_own_vlm(tmp_path, recwarn):
     vlm = train(small_cfg(tmp_path, "vlm", steps=3))
     ctrl = train(small_cfg(tmp_path, "ctrl", stage="controller", init=vlm, steps=2, fusion="A", joint=True))
+    # the tower is both the controller's and the VLM's: the optimizer must list its parameters once
+    assert not [w for w in recwarn if "duplicate" in str(w.message)]
     model, tok, _ = load_vlm(vlm)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     controller = load_controller(ctrl, model)

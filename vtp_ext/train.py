@@ -150,8 +150,9 @@ def train(cfg: TrainConfig) -> str:
         model.freeze_unused()
         if model.aux_head is not None:   # stage-1 only: unused here (DDP needs it frozen)
             model.aux_head.requires_grad_(False)
-        params = [p for p in controller.parameters() if p.requires_grad] + (list(model.parameters()) if cfg.joint else [])
-        # the controller's tower is the VLM's: its parameters follow the joint flag
+        # the controller's tower is the VLM's: its parameters follow the joint flag, and are listed once
+        params = list({id(p): p for p in [*controller.parameters(), *(model.parameters() if cfg.joint else [])]
+                       if p.requires_grad}.values())
     else:
         raise ValueError(f"vtp_ext.train: stage must be 'vlm' or 'controller', got {cfg.stage!r}")
     step_module = _Step(cfg, model, controller, tok).train()
