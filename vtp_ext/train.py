@@ -27,6 +27,7 @@ from torch import nn
 from .data import shapes_vqa as data
 from .models.vlm import TinyVLM, VLMConfig
 from .nn.controller import AdaptiveTokenController
+from .nn.reduction import budget_to_k
 
 
 @dataclasses.dataclass
@@ -202,7 +203,7 @@ def train(cfg: TrainConfig) -> str:
                    dynamic_ncols=True,
                    mininterval=0.1 if sys.stderr.isatty() else 10.0)   # a CI log gets a line per 10 s
     kill_at = int(os.environ.get("VTP_EXT_KILL_AT_STEP", "-1"))   # tests: a hard kill right after that step
-    t0 = time.perf_counter()
+    t0, lm_tokens = time.perf_counter(), 0
     for step in range(start, cfg.steps):
         if pool is not None:   # the user's records, in order, cycling (the position is what a resume restores)
             samples = [pool[(pos + j) % len(pool)] for j in range(cfg.images_per_batch)]
@@ -233,8 +234,14 @@ def train(cfg: TrainConfig) -> str:
                                         f"{budget.mean().item():.4f}", f"{sched.get_last_lr()[0]:.6g}",
                                         f"{time.perf_counter() - t0:.2f}"])
         if bar is not None:
-            rows_per_s = (step + 1 - start) * cfg.images_per_batch * cfg.questions_per_image / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{stats[1].item():.3f}", budget=f"{budget.mean().item():.2f}", qa_per_s=f"{rows_per_s:.0f}", refresh=False)
+            # tokens the LM read this step on this rank: <bos> + the image tokens kept + the text of each row
+            n_img = 1 + (budget_to_k(budget, model.tower.num_patches) if controller is not None
+                         else torch.full((batch["images"].shape[0],), model.tower.num_patches))
+            lm_tokens += int(n_img[batch["image_index"]].sum() + (batch["text"] != tok.pad).sum()) + len(batch["text"])
+            seconds = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{stats[1].item():.3f}", budget=f"{budget.mean().item():.2f}",
+                            qa_per_s=f"{(step + 1 - start) * cfg.images_per_batch * cfg.questions_per_image / seconds:.0f}",
+                            tok_per_s=f"{lm_tokens / seconds:.0f}", refresh=False)
             bar.update(1)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             save(step + 1, final=step + 1 == cfg.steps)
