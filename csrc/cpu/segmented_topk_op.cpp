@@ -36,11 +36,13 @@ std::tuple<Tensor, Tensor, Tensor> segmented_topk_cpu(const Tensor& scores, cons
                                     values.mutable_data_ptr(), indices.mutable_data_ptr<int64_t>(), p.B, p.S, max_k,
                                     largest, p.by_index, cpu::kernel_dtype(scores.scalar_type())};
   const auto& kt = cpu::kernels();
-  // A task costs about its segment length (~3-5 ns per entry). ~256K entries (about a millisecond)
-  // per parallel chunk keep the shapes ([32, 576], the [8, 5440] pyramid) on one thread: a
-  // second thread has to be woken, and on a busy machine it waits for a scheduler time slice -- the
-  // pyramid measured 15 ms on two threads against 0.7-1.2 ms on one with 32K-entry chunks.
-  const int64_t grain = 1 + (int64_t{1} << 18) / (p.L / p.S + 1);
+  // A task costs about its segment length (~3-5 ns per entry, more with order="score"). ~8K entries
+  // (~30 us, torch's own grain for cheap element-wise work is 32K elements) per parallel chunk put the
+  // issue's shapes ([32, 576] per-sample budgets, the [8, 5440] pyramid) on both threads: measured on
+  // the idle 2-core machine, 122 -> 73 us and 221 -> 119 us. The cost: on a machine whose other cores
+  // are busy, the second thread may wait for a scheduler time slice (an earlier session measured 15 ms
+  // for the pyramid that way), as any parallel torch op does.
+  const int64_t grain = 1 + (int64_t{1} << 13) / (p.L / p.S + 1);
   torch::stable::parallel_for(0, p.B * p.S, grain, [&](int64_t b, int64_t e) { kt.segmented_topk(args, b, e); });
   return {values, indices, p.lengths};
 }
