@@ -161,11 +161,12 @@ void apply(const ImageView& in, Tensor& out, const ImageView& out_view, const Ax
   if (tx.n_out == 0) return;
   const int64_t per_item = tx.n_in * in.channels * ty.taps + tx.n_out * in.channels * tx.taps;
   const auto& k = cpu::kernels();
-  // A call under ~2M units (one 336x336 RGB image, ~0.15 ms on one core) stays on the calling
-  // thread: waking a second one costs a good part of that, and on a shared machine the wake-up
-  // often waits for a scheduler tick (4 ms). A 1024x1024 image (12M units) is worth splitting:
-  // single-threaded it took 1.7 ms against cv2.pyrDown's 0.64 ms on two threads.
-  constexpr int64_t kSerialWork = int64_t{1} << 21;
+  // A call under ~256K units (~20 us on one core) stays on the calling thread: waking a second one
+  // costs a good part of that. One 336x336 RGB image (~1.3M units) is split: measured on the idle
+  // 2-core machine, fp32 NCHW 108 -> 45 us (cv2.pyrDown: 43 us) and uint8 72 -> 41 us (cv2: 45 us).
+  // The cost: on a machine whose other cores are busy, the second thread may wait for a scheduler
+  // time slice, as any parallel torch op does.
+  constexpr int64_t kSerialWork = int64_t{1} << 18;
   const int64_t items = in.n_planes * ty.n_out;
   if (items * per_item < kSerialWork) {
     k.separable_apply(args, 0, items);
