@@ -1,6 +1,6 @@
 """The main job: generate the ShapesVQA data, train the tiny VLM and the adaptive controller (options A and
-B, with the VLM frozen and tuned jointly; cached checkpoints are reused), fit the difficulty classifier, evaluate every method at every budget,
-and print the table and the plot's path."""
+B, with the VLM frozen and tuned jointly; cached checkpoints are reused), fit the difficulty classifier,
+evaluate every method at every budget, and print the table and the plot's path."""
 from __future__ import annotations
 
 import dataclasses

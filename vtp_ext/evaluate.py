@@ -25,9 +25,14 @@ METHODS = ("full", "random", "pool", "saliency", "pyramid", "tome", "prumerge", 
 LLAVA_TEXT_TOKENS = 64   # a typical LLaVA-1.5 prompt around the image
 
 
+def controller_of(name: str, controllers: Dict[str, torch.nn.Module]) -> Optional[torch.nn.Module]:
+    """``adaptive-<key>`` -> ``controllers[<key>]``; None for every other method."""
+    return controllers[name.split("-", 1)[1]] if name.startswith("adaptive") else None
+
+
 def build_method(name: str, model: TinyVLM, controllers: Dict[str, torch.nn.Module], seed: int = 0):
     if name.startswith("adaptive"):
-        return methods.get("adaptive", controller=controllers[name.split("-", 1)[1]], seed=seed)
+        return methods.get("adaptive", controller=controller_of(name, controllers), seed=seed)
     config = {"random": dict(seed=seed), "pyramiddrop": dict(num_lm_layers=model.config.lm_layers),
               "fastv": dict(k=min(2, model.config.lm_layers - 1)), "pyramid": dict(levels=3)}.get(name, {})
     return methods.get(name, **config)
@@ -122,7 +127,7 @@ def evaluate(model: TinyVLM, tok, controllers: Dict[str, torch.nn.Module], metho
             method = build_method(name, model, controllers, seed)
             aware = name == "pyramid-ptp"
             # a controller tuned jointly with the VLM runs with its own copy of it
-            vlm = getattr(controllers.get(name.split("-", 1)[-1]), "tuned_vlm", None) if name.startswith("adaptive") else None
+            vlm = getattr(controller_of(name, controllers), "tuned_vlm", None)
             correct, red, rows, sec = run_method(vlm or model, tok, method, batch, budget, aware)
         counts = token_counts(red, spec.lm.layers)
         f_tiny = row_flops(spec, counts, rows, (batch["text"] != tok.pad).sum(1) + 1)

@@ -239,9 +239,9 @@ def train(cfg: TrainConfig) -> str:
                          else torch.full((batch["images"].shape[0],), model.tower.num_patches))
             lm_tokens += int(n_img[batch["image_index"]].sum() + (batch["text"] != tok.pad).sum()) + len(batch["text"])
             seconds = time.perf_counter() - t0
+            questions = (step + 1 - start) * cfg.images_per_batch * cfg.questions_per_image
             bar.set_postfix(loss=f"{stats[1].item():.3f}", budget=f"{budget.mean().item():.2f}",
-                            qa_per_s=f"{(step + 1 - start) * cfg.images_per_batch * cfg.questions_per_image / seconds:.0f}",
-                            tok_per_s=f"{lm_tokens / seconds:.0f}", refresh=False)
+                            qa_per_s=f"{questions / seconds:.0f}", tok_per_s=f"{lm_tokens / seconds:.0f}", refresh=False)
             bar.update(1)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             save(step + 1, final=step + 1 == cfg.steps)

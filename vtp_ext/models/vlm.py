@@ -63,7 +63,8 @@ class TinyVLM(nn.Module):
                          torch.full((B, 1, self.tower.layers_run + 1), T, dtype=torch.int64))
 
     def assemble(self, image_tokens: torch.Tensor, image_mask: torch.Tensor, text: torch.Tensor, pad: int, bos: int,
-                 target: Optional[torch.Tensor] = None, image_gate: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                 target: Optional[torch.Tensor] = None,
+                 image_gate: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """One right-padded row per text row: ``[<bos>, valid image tokens, text]``. ``image_tokens [R, T, D]``
         are projected and gathered per row; ``text [R, Lt]`` is right-padded with ``pad``; ``target [R, Lt]``
         marks the text tokens the loss predicts (labels elsewhere are -100). ``query_index`` is each row's

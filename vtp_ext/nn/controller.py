@@ -38,6 +38,9 @@ class BudgetEmbedding(nn.Module):
         return self.proj(budget_encoding(budget, self.num_freqs).to(self.proj[1].weight.dtype))
 
 
+_OUTPUTS = ("compact", "masked", "gated")
+
+
 class AdaptiveTokenController(nn.Module):
     """``AdaptiveTokenController(tower, fusion="A", logits="per_patch", output="compact", tau=5.0)``.
 
@@ -62,7 +65,7 @@ class AdaptiveTokenController(nn.Module):
                  tau: float = 5.0, num_heads: int = 4):
         super().__init__()
         for name, value, allowed in (("fusion", fusion, ("A", "B")), ("logits", logits, ("per_patch", "budget_token")),
-                                     ("output", output, ("compact", "masked", "gated"))):
+                                     ("output", output, _OUTPUTS)):
             if value not in allowed:
                 raise ValueError(f"vtp_ext.nn.AdaptiveTokenController: {name} must be one of {allowed}, got {value!r}")
         self.tower, self.fusion, self.logits_from, self.output, self.tau = tower, fusion, logits, output, tau
@@ -101,8 +104,8 @@ class AdaptiveTokenController(nn.Module):
     def forward(self, images: torch.Tensor, budget: Budget, seed: Optional[int] = None,
                 output: Optional[str] = None) -> Reduction:
         output = self.output if output is None else output
-        if output not in ("compact", "masked", "gated"):
-            raise ValueError(f"vtp_ext.nn.AdaptiveTokenController: output must be compact, masked or gated, got {output!r}")
+        if output not in _OUTPUTS:
+            raise ValueError(f"vtp_ext.nn.AdaptiveTokenController: output must be one of {_OUTPUTS}, got {output!r}")
         B, N = images.shape[0], self.tower.num_patches
         b = check_budget(budget, B, "vtp_ext.nn.AdaptiveTokenController")
         k = budget_to_k(b, N)
@@ -110,22 +113,23 @@ class AdaptiveTokenController(nn.Module):
         logits = self.patch_logits(feats, z)
         keep = gumbel_topk(logits.float(), k.to(logits.device), tau=self.tau, seed=seed, mode="sequential",
                            training=self.training)
-        # Multiplying by the 0/1 mask keeps the values and routes the straight-through gradient to the logits.
-        patches = feats[:, 1:] * keep.to(feats.dtype)[..., None]
         ones = torch.ones(B, 1, dtype=torch.bool, device=feats.device)
         passes = torch.full((B, 1, self.tower.layers_run + 1), N + 1 + (self.fusion == "A"), dtype=torch.int64)
+        extras = {"logits": logits, "k": k}
         if output == "gated":
             idx = torch.arange(N + 1, device=feats.device).expand(B, -1)
-            gate = torch.cat([ones.to(keep.dtype), keep], 1)
-            return Reduction(feats, torch.ones(B, N + 1, dtype=torch.bool, device=feats.device), idx, passes,
-                             extras={"logits": logits, "k": k, "key_gate": gate})
+            extras["key_gate"] = torch.cat([ones.to(keep.dtype), keep], 1)
+            every = torch.ones(B, N + 1, dtype=torch.bool, device=feats.device)
+            return Reduction(feats, every, idx, passes, extras=extras)
+        # Multiplying by the 0/1 mask keeps the values and routes the straight-through gradient to the logits.
+        patches = feats[:, 1:] * keep.to(feats.dtype)[..., None]
         if output == "masked":
             tokens = torch.cat([feats[:, :1], patches], 1)
             idx = torch.arange(N + 1, device=feats.device).expand(B, -1)
-            return Reduction(tokens, torch.cat([ones, keep > 0], 1), idx, passes, extras={"logits": logits, "k": k})
+            return Reduction(tokens, torch.cat([ones, keep > 0], 1), idx, passes, extras=extras)
         k_max = int(k.max()) if B else 1
         _, idx, _ = segmented_topk(keep.detach(), torch.tensor([0, N]), k[:, None].to(keep.device), k_max,
                                    order="index")
         tokens = torch.cat([feats[:, :1], gather_tokens(patches, idx)], 1)
         idx = torch.cat([torch.zeros_like(idx[:, :1]), torch.where(idx >= 0, idx + 1, idx)], 1)
-        return Reduction(tokens, idx >= 0, idx, passes, extras={"logits": logits, "k": k})
+        return Reduction(tokens, idx >= 0, idx, passes, extras=extras)
