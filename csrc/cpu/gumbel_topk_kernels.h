@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/dispatch.h"
@@ -24,28 +25,38 @@ namespace vtp_ext::cpu::VTP_ISA {
 template <typename acc_t>
 struct GumbelScratch {
   std::vector<uint32_t> words;
-  std::vector<acc_t> logits, z, grad, acc, alpha, alpha_bar, checkpoints, probs;
+  std::vector<acc_t> logits, z, grad, acc, alpha, alpha_bar, checkpoints, probs, chunk, maxima;
+  std::vector<acc_t> block_max;
+  std::vector<int64_t> picks, block_arg;
   std::vector<uint8_t> picked;
   TopkScratch<rank_key_t<acc_t>> topk;
   std::vector<rank_key_t<acc_t>> keys;
 };
 
-// noise[j] = the Gumbel noise of (row, step, j), j in [0, N).
+// noise[j] = the Gumbel noise of (row, step, j) for j in [j0, j1); j0 is a multiple of the columns per block.
 template <typename acc_t>
-static void fill_noise(uint64_t seed, int64_t row, int64_t step, int64_t N, GumbelScratch<acc_t>& s, acc_t* noise) {
+static void fill_noise(uint64_t seed, int64_t row, int64_t step, int64_t j0, int64_t j1, std::vector<uint32_t>& buf,
+                       acc_t* noise) {
   using G = GumbelNoise<acc_t>;
-  const int64_t blocks = (N + G::kPerBlock - 1) / G::kPerBlock;
-  s.words.resize(size_t(blocks) * 4);
-  uint32_t* words = s.words.data();
+  const int64_t blk0 = j0 / G::kPerBlock, blocks = (j1 - j0 + G::kPerBlock - 1) / G::kPerBlock;
+  buf.resize(size_t(blocks) * 4);
+  uint32_t* words = buf.data();
   for (int64_t blk = 0; blk < blocks; ++blk) {
-    const Philox4x32 p = noise_block(seed, row, step, uint32_t(blk));
+    const Philox4x32 p = noise_block(seed, row, step, uint32_t(blk0 + blk));
     for (int w = 0; w < 4; ++w) words[4 * blk + w] = p.v[w];
   }
+  acc_t* out = noise + j0;
+  const int64_t n = j1 - j0;
   if constexpr (sizeof(acc_t) == 4) {
-    for (int64_t j = 0; j < N; ++j) noise[j] = gumbel_from_bits(words[j]);
+    for (int64_t j = 0; j < n; ++j) out[j] = gumbel_from_bits(words[j]);
   } else {
-    for (int64_t j = 0; j < N; ++j) noise[j] = gumbel_from_bits(words[2 * j], words[2 * j + 1]);
+    for (int64_t j = 0; j < n; ++j) out[j] = gumbel_from_bits(words[2 * j], words[2 * j + 1]);
   }
+}
+
+template <typename acc_t>
+static void fill_noise(uint64_t seed, int64_t row, int64_t step, int64_t N, GumbelScratch<acc_t>& s, acc_t* noise) {
+  fill_noise(seed, row, step, 0, N, s.words, noise);
 }
 
 // Loads row b of the logits in the accumulation type; false if it holds NaN or +inf.
@@ -74,14 +85,15 @@ constexpr int kLanes = 8;
 
 template <typename acc_t>
 static acc_t row_max(const acc_t* v, int64_t N) {
-  acc_t lane[kLanes];
-  for (int l = 0; l < kLanes; ++l) lane[l] = -std::numeric_limits<acc_t>::infinity();
+  constexpr int kMaxLanes = 2 * kLanes;  // max is exact in any order: two vectors hide its latency
+  acc_t lane[kMaxLanes];
+  for (int l = 0; l < kMaxLanes; ++l) lane[l] = -std::numeric_limits<acc_t>::infinity();
   int64_t j = 0;
-  for (; j + kLanes <= N; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) lane[l] = std::max(lane[l], v[j + l]);
+  for (; j + kMaxLanes <= N; j += kMaxLanes)
+    for (int l = 0; l < kMaxLanes; ++l) lane[l] = std::max(lane[l], v[j + l]);
   acc_t m = -std::numeric_limits<acc_t>::infinity();
   for (; j < N; ++j) m = std::max(m, v[j]);
-  for (int l = 0; l < kLanes; ++l) m = std::max(m, lane[l]);
+  for (int l = 0; l < kMaxLanes; ++l) m = std::max(m, lane[l]);
   return m;
 }
 
@@ -109,17 +121,35 @@ static acc_t row_sum(const acc_t* a, int64_t N) {
   return tail;
 }
 
+// The maximum of v[j0, j1) and the lowest index holding it (-inf and j0 if every entry is -inf): a
+// vectorised maximum, then a search for it that tests whole blocks at a time.
+template <typename acc_t>
+static void row_argmax(const acc_t* v, int64_t j0, int64_t j1, acc_t* max_out, int64_t* arg_out) {
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  const acc_t m = row_max(v + j0, j1 - j0);
+  int64_t j = j0;
+  if (m != kNegInf) {
+    constexpr int kBlock = 32;
+    for (; j + kBlock <= j1; j += kBlock) {
+      int hit = 0;
+      for (int l = 0; l < kBlock; ++l) hit |= v[j + l] == m;
+      if (hit) break;
+    }
+    while (v[j] != m) ++j;
+  }
+  *max_out = m;
+  *arg_out = j;
+}
+
 // Sequential argmax of z over the unpicked entries (picked ones are -inf in z); ties and an all -inf
 // remainder go to the lowest unpicked index.
 template <typename acc_t>
 static int64_t pick_step(const acc_t* z, const uint8_t* picked, int64_t N, acc_t* max_out) {
-  const acc_t m = row_max(z, N);
-  *max_out = m;
-  int64_t j = 0;
-  if (m == -std::numeric_limits<acc_t>::infinity()) {
+  int64_t j;
+  row_argmax(z, 0, N, max_out, &j);
+  if (*max_out == -std::numeric_limits<acc_t>::infinity()) {
+    j = 0;
     while (picked[j]) ++j;
-  } else {
-    while (z[j] != m) ++j;
   }
   return j;
 }
@@ -145,10 +175,107 @@ static void topk_mask(const acc_t* v, int64_t N, int64_t k, GumbelScratch<acc_t>
                         [&](uint32_t, uint32_t i, bool take) { mask[i] = take ? one : zero; });
 }
 
+// The sequential mode runs in chunks of steps. Step t's scores z_t = logits + noise_t (-inf where
+// picked) depend on the earlier steps only through which entries they picked, so a chunk's noise is
+// drawn for all its steps at once -- in parallel over (step, column block) when a.parallel_steps is
+// set, which is how one row uses several threads -- and the picks are then made one step at a time,
+// each step masking what the chunk's earlier steps took. Chunking changes no value: every result is
+// bit-identical to stepping one at a time, whatever the chunk size or thread count.
+constexpr int64_t kNoiseColumns = 4096;  // columns of one noise task (a multiple of 4 and 2)
+
+// Steps per chunk: the chunk's scores (steps x N) stay within ~256 KB (float).
+inline int64_t chunk_steps(int64_t N) { return std::clamp<int64_t>((int64_t{1} << 16) / (N + 1), 1, 64); }
+
+template <typename F>
+static void for_steps(const GumbelArgs& a, int64_t n, const F& f) {
+  if (a.parallel_steps == nullptr || n <= 1) {
+    if (n > 0) f(int64_t{0}, n);
+    return;
+  }
+  a.parallel_steps(n, [](void* ctx, int64_t b, int64_t e) { (*static_cast<const F*>(ctx))(b, e); },
+                   const_cast<void*>(static_cast<const void*>(&f)));
+}
+
+// z[i N + j] = lz[j] + noise(row b, step t0 + i, column j) for the chunk's c steps, and each (step,
+// column block)'s maximum and first index of it in s.block_max / s.block_arg.
+template <typename acc_t>
+static void draw_chunk(const GumbelArgs& a, int64_t b, int64_t t0, int64_t c, const acc_t* lz, acc_t* z,
+                       GumbelScratch<acc_t>& s) {
+  const int64_t N = a.N, col_blocks = (N + kNoiseColumns - 1) / kNoiseColumns;
+  s.block_max.resize(size_t(c * col_blocks));
+  s.block_arg.resize(size_t(c * col_blocks));
+  for_steps(a, c * col_blocks, [&](int64_t begin, int64_t end) {
+    std::vector<uint32_t> words;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t i = item / col_blocks, j0 = (item % col_blocks) * kNoiseColumns;
+      const int64_t j1 = std::min(N, j0 + kNoiseColumns);
+      acc_t* zi = z + i * N;
+      fill_noise(a.seed, b, t0 + i, j0, j1, words, zi);
+      for (int64_t j = j0; j < j1; ++j) zi[j] += lz[j];  // lz is -inf where picked before the chunk
+      row_argmax(zi, j0, j1, &s.block_max[size_t(item)], &s.block_arg[size_t(item)]);
+    }
+  });
+}
+
+// Step i's scores as the step sees them: -inf where the chunk's steps before it picked.
+template <typename acc_t>
+static void mask_chunk_picks(acc_t* zi, const int64_t* picks, int64_t i) {
+  for (int64_t q = 0; q < i; ++q) zi[picks[q]] = -std::numeric_limits<acc_t>::infinity();
+}
+
+// The chunk's c picks in step order: picks[i] and the maximum maxima[i] of step i, as pick_step finds
+// them after mask_chunk_picks. The argmax drawn with the noise stands unless one of the chunk's earlier
+// picks is it; only then is the row masked and searched again (a row the other thread wrote is slow to
+// touch). picked and lz (-inf) are updated.
+template <typename acc_t>
+static void pick_chunk(int64_t N, int64_t c, acc_t* z, GumbelScratch<acc_t>& s, acc_t* lz) {
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  const int64_t col_blocks = (N + kNoiseColumns - 1) / kNoiseColumns;
+  int64_t* picks = s.picks.data();
+  for (int64_t i = 0; i < c; ++i) {
+    acc_t* zi = z + i * N;
+    acc_t m = kNegInf;
+    int64_t arg = -1;
+    for (int64_t blk = 0; blk < col_blocks; ++blk)  // in column order: a later block must be larger
+      if (s.block_max[size_t(i * col_blocks + blk)] > m) {
+        m = s.block_max[size_t(i * col_blocks + blk)];
+        arg = s.block_arg[size_t(i * col_blocks + blk)];
+      }
+    bool taken = false;
+    for (int64_t q = 0; q < i; ++q) taken = taken || picks[q] == arg;
+    if (m == kNegInf || taken) {
+      mask_chunk_picks(zi, picks, i);
+      picks[i] = pick_step(zi, s.picked.data(), N, &s.maxima[size_t(i)]);
+    } else {
+      picks[i] = arg;
+      s.maxima[size_t(i)] = m;
+    }
+    s.picked[size_t(picks[i])] = 1;
+    lz[picks[i]] = kNegInf;
+  }
+}
+
+// Runs body(c) for each chunk (c steps) of a row's k sequential steps, after drawing and picking it;
+// body sees the chunk's scores in s.chunk (mask_chunk_picks gives step i's view), picks and maxima.
+template <typename acc_t, typename Body>
+static void sequential_steps(const GumbelArgs& a, int64_t b, int64_t k, acc_t* lz, GumbelScratch<acc_t>& s,
+                             const Body& body) {
+  const int64_t N = a.N, C = chunk_steps(N);
+  s.chunk.resize(size_t(std::min(C, k) * N));
+  s.maxima.resize(size_t(C));
+  s.picks.resize(size_t(C));
+  s.picked.assign(size_t(N), 0);
+  for (int64_t t0 = 0; t0 < k; t0 += C) {
+    const int64_t c = std::min(C, k - t0);
+    draw_chunk(a, b, t0, c, lz, s.chunk.data(), s);
+    pick_chunk(N, c, s.chunk.data(), s, lz);
+    body(c);
+  }
+}
+
 template <typename T>
 static bool gumbel_fwd_rows(const GumbelArgs& a, int64_t begin, int64_t end) {
   using acc_t = acc_of<T>;
-  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
   GumbelScratch<acc_t> s;
   const int64_t N = a.N;
   s.logits.resize(size_t(N));
@@ -174,18 +301,11 @@ static bool gumbel_fwd_rows(const GumbelArgs& a, int64_t begin, int64_t end) {
       topk_mask<T>(z, N, k, s, mask);
       continue;
     }
-    const T zero = from_acc<T>(acc_t(0));
+    const T zero = from_acc<T>(acc_t(0)), one = from_acc<T>(acc_t(1));
     for (int64_t j = 0; j < N; ++j) mask[j] = zero;
-    std::memset(s.picked.data(), 0, size_t(N));
-    for (int64_t t = 0; t < k; ++t) {
-      fill_noise(a.seed, b, t, N, s, z);
-      for (int64_t j = 0; j < N; ++j) z[j] += lz[j];  // lz is -inf where picked
-      acc_t m;
-      const int64_t pick = pick_step(z, s.picked.data(), N, &m);
-      s.picked[pick] = 1;
-      lz[pick] = kNegInf;
-      mask[pick] = from_acc<T>(acc_t(1));
-    }
+    sequential_steps(a, b, k, lz, s, [&](int64_t c) {
+      for (int64_t i = 0; i < c; ++i) mask[s.picks[i]] = one;
+    });
   }
   return ok;
 }
@@ -241,22 +361,40 @@ static bool gumbel_bwd_rows(const GumbelArgs& a, int64_t begin, int64_t end) {
       for (int64_t j = 0; j < N; ++j) g[j] = to_acc(grow[j * a.grad_cs]);
       if (a.mode == GumbelMode::kSequential) {
         // Replays the forward's steps with the same noise; step t adds
-        // (1/tau) p_t * (G - <p_t, G>), p_t the softmax over the entries not yet picked.
-        std::memset(s.picked.data(), 0, size_t(N));
-        for (int64_t t = 0; t < k; ++t) {
-          fill_noise(a.seed, b, t, N, s, z);
-          for (int64_t j = 0; j < N; ++j) z[j] += lz[j];
-          acc_t m;
-          const int64_t pick = pick_step(z, s.picked.data(), N, &m);
-          if (m != kNegInf) {
-            for (int64_t j = 0; j < N; ++j) z[j] = (z[j] - m) * inv_tau;
-            exp_row(z, N);  // 0 where picked (z = -inf)
-            const acc_t inv = acc_t(1) / row_sum(z, N), centre = row_dot(z, g, N) * inv;
-            for (int64_t j = 0; j < N; ++j) acc[j] += z[j] * inv * (g[j] - centre);
-          }
-          s.picked[pick] = 1;
-          lz[pick] = kNegInf;
-        }
+        // (1/tau) p_t * (G - <p_t, G>), p_t the softmax over the entries not yet picked. A chunk's terms
+        // are computed in parallel over groups of kSumSteps steps, each group summing its terms in step
+        // order into its first step's scores, then the groups are added in order: the same sums
+        // whatever the thread count.
+        constexpr int64_t kSumSteps = 8;
+        sequential_steps(a, b, k, lz, s, [&](int64_t c) {
+          acc_t* chunk = s.chunk.data();
+          const int64_t groups = (c + kSumSteps - 1) / kSumSteps;
+          for_steps(a, groups, [&](int64_t group_begin, int64_t group_end) {
+            for (int64_t grp = group_begin; grp < group_end; ++grp) {
+              const int64_t i0 = grp * kSumSteps, i1 = std::min(c, i0 + kSumSteps);
+              acc_t* sum = chunk + i0 * N;
+              for (int64_t i = i0; i < i1; ++i) {
+                acc_t* p = chunk + i * N;
+                mask_chunk_picks(p, s.picks.data(), i);
+                const acc_t m = s.maxima[size_t(i)];
+                if (m == kNegInf) {  // nothing finite left: the step adds nothing
+                  if (i == i0) std::memset(static_cast<void*>(sum), 0, sizeof(acc_t) * size_t(N));
+                  continue;
+                }
+                for (int64_t j = 0; j < N; ++j) p[j] = (p[j] - m) * inv_tau;
+                exp_row(p, N);  // 0 where picked (-inf)
+                const acc_t inv = acc_t(1) / row_sum(p, N), centre = row_dot(p, g, N) * inv;
+                if (i == i0) {
+                  for (int64_t j = 0; j < N; ++j) sum[j] = p[j] * inv * (g[j] - centre);
+                } else {
+                  for (int64_t j = 0; j < N; ++j) sum[j] += p[j] * inv * (g[j] - centre);
+                }
+              }
+            }
+          });
+          for (int64_t grp = 0; grp < groups; ++grp)
+            for (int64_t j = 0; j < N; ++j) acc[j] += chunk[grp * kSumSteps * N + j];
+        });
       } else {
         // Relaxed top-k (Xie & Ermon 2019) of x = logits + noise: alpha_0 = x, and for j < k
         // p_j = softmax(alpha_j / tau), alpha_{j+1} = alpha_j + log(max(1 - p_j, tiny)); output sum_j p_j.

@@ -16,7 +16,7 @@ namespace {
 cpu::GumbelArgs gumbel_args(const Tensor& logits, const GumbelCall& c, double tau, int64_t seed, bool training) {
   return cpu::GumbelArgs{logits.const_data_ptr(), logits.stride(0), logits.stride(1), nullptr, 0, 0,
                          c.k_host.const_data_ptr<int64_t>(), c.out.mutable_data_ptr(), c.B, c.N, tau, uint64_t(seed),
-                         0, c.mode, training, cpu::kernel_dtype(logits.scalar_type())};
+                         0, c.mode, training, cpu::kernel_dtype(logits.scalar_type()), nullptr};
 }
 
 // Work of one row in entries visited: N per pass over the row, k passes in the sequential mode and
@@ -30,13 +30,25 @@ int64_t row_work(const GumbelCall& c, bool training, bool backward) {
   return c.N * passes;
 }
 
+void parallel_steps(int64_t n, void (*body)(void* ctx, int64_t begin, int64_t end), void* ctx) {
+  torch::stable::parallel_for(0, n, 1, [&](int64_t b, int64_t e) { body(ctx, b, e); });
+}
+
 // Rows in parallel, ~256K entries per chunk (see segmented_topk_op.cpp: a second thread woken for
 // less can cost a scheduler time slice on a busy machine; the eval-mode mask of [32, 576] measured
-// 8.5 ms on two threads against 0.1 ms on one); false if a row held NaN or +inf logits.
+// 8.5 ms on two threads against 0.1 ms on one). With fewer rows than threads, a sequential-mode row
+// of a quarter of that work (~0.5 ms) or more splits its steps over the threads instead (the kernel's chunks of steps);
+// false if a row held NaN or +inf logits.
 template <typename Kernel>
-bool gumbel_rows(const cpu::GumbelArgs& args, int64_t work_per_row, const Kernel& kernel) {
+bool gumbel_rows(cpu::GumbelArgs args, int64_t work_per_row, const Kernel& kernel) {
+  constexpr int64_t kGrain = int64_t{1} << 18;
+  if (args.training && args.mode == GumbelMode::kSequential && work_per_row >= kGrain / 4 &&
+      args.B < int64_t(torch::stable::get_num_threads())) {
+    args.parallel_steps = &parallel_steps;
+    return kernel(args, 0, args.B);
+  }
   std::atomic<bool> ok{true};
-  torch::stable::parallel_for(0, args.B, 1 + (int64_t{1} << 18) / (work_per_row + 1), [&](int64_t b, int64_t e) {
+  torch::stable::parallel_for(0, args.B, 1 + kGrain / (work_per_row + 1), [&](int64_t b, int64_t e) {
     if (!kernel(args, b, e)) ok = false;
   });
   return ok.load();
@@ -73,7 +85,7 @@ Tensor gumbel_noise_cpu(const Tensor& logits, int64_t seed, int64_t step) {
   if (logits.numel() == 0) return noise;
   cpu::GumbelArgs args{nullptr, 0, 0, nullptr, 0, 0, nullptr, noise.mutable_data_ptr(), logits.size(0),
                        logits.size(1), 1.0, uint64_t(seed), step, GumbelMode::kSequential, true,
-                       cpu::kernel_dtype(logits.scalar_type())};
+                       cpu::kernel_dtype(logits.scalar_type()), nullptr};
   const auto& kt = cpu::kernels();
   // ~256K elements (about a millisecond) per chunk, as in segmented_topk_op.cpp: waking a second
   // thread for less can cost a scheduler time slice on a busy machine.

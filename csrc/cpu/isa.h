@@ -1,5 +1,5 @@
 // CPU kernels are compiled once per instruction set (csrc/cpu/kernels_isa.cpp, built for a portable
-// baseline and for AVX2+FMA+F16C) and picked at run time, because the stable ABI has no at::vec and a
+// baseline, for AVX2+FMA+F16C and for AVX-512 (F, VL, BW, DQ, CD)) and picked at run time, because the stable ABI has no at::vec and a
 // wheel cannot assume the user's CPU. The kernels see only raw pointers and this table; no torch
 // header is included there, so no torch inline function gets compiled with AVX2 flags.
 #pragma once
@@ -165,6 +165,9 @@ struct GumbelArgs {
   GumbelMode mode;
   bool training;
   DType dtype;               // of logits; gumbel_noise writes float64 for kFloat64, float32 otherwise
+  // Sequential mode: runs body(ctx, begin, end) over [0, n) on the caller's threads, to split one row's
+  // selection steps over threads when there are fewer rows than threads; null runs everything inline.
+  void (*parallel_steps)(int64_t n, void (*body)(void* ctx, int64_t begin, int64_t end), void* ctx);
 };
 
 // Each entry processes rows [begin, end); the caller splits rows over threads.
@@ -194,8 +197,8 @@ struct KernelTable {
   bool (*gumbel_topk_bwd)(const GumbelArgs&, int64_t begin, int64_t end);
 };
 
-// The table for the best instruction set this CPU supports; VTP_EXT_CPU_ISA=base forces the
-// portable one (read once, at first use).
+// The table for the best instruction set this CPU supports; VTP_EXT_CPU_ISA=<name> (base, avx2,
+// avx512) asks for a lower one, e.g. to test every build on one machine (read once, at first use).
 const KernelTable& kernels();
 const char* active_isa_name();
 
@@ -208,6 +211,9 @@ VTP_DECLARE_ISA_TABLE(base)
 #endif
 #ifdef VTP_ISA_HAVE_avx2
 VTP_DECLARE_ISA_TABLE(avx2)
+#endif
+#ifdef VTP_ISA_HAVE_avx512
+VTP_DECLARE_ISA_TABLE(avx512)
 #endif
 #undef VTP_DECLARE_ISA_TABLE
 
