@@ -3,6 +3,11 @@ index tie-break), random segment layouts with empty segments and k = 0, ties, Na
 opcheck, gradcheck, bad inputs, torch.compile, and CUDA (skipped without a GPU)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -81,11 +86,43 @@ def random_case(B, L, S, gen, dtype=torch.float32, ties=False):
 @pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
 def test_matches_reference_random_layouts(dtype, largest, order, ties):
     gen = torch.Generator().manual_seed(1234)
-    for B, L, S in [(1, 1, 1), (3, 10, 1), (4, 37, 3), (5, 64, 7), (2, 300, 4), (3, 9, 9), (2, 0, 3), (0, 5, 2)]:
+    # (2, 3000, 3): segments long enough for several partition levels of the AVX-512 kernel
+    for B, L, S in [(1, 1, 1), (3, 10, 1), (4, 37, 3), (5, 64, 7), (2, 300, 4), (3, 9, 9), (2, 0, 3), (0, 5, 2),
+                    (2, 3000, 3)]:
         scores, offsets, k, max_k = random_case(B, L, S, gen, dtype, ties)
         got = vtp_ext.segmented_topk(scores, offsets, k, max_k, largest, order)
         assert got[0].shape == (B, max_k) and got[0].is_contiguous() and got[1].shape == (B, max_k)
         assert_same(got, reference(scores, offsets, k, max_k, largest, order))
+
+
+@pytest.mark.parametrize("isa", ["base", "avx2"])
+def test_every_cpu_build_selects_the_same(isa):
+    # The AVX-512 build sorts by score with a partial quicksort, the others by radix select + sort: the
+    # same values and indices, bit for bit, on ties, NaN, +-inf, -0.0, every dtype and both orders.
+    code = """
+        import torch, vtp_ext
+        gen = torch.Generator().manual_seed(7)
+        print(vtp_ext._C.cpu_isa)
+        for dt in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            for ties in (False, True):
+                s = torch.randn(6, 1500, generator=gen) if not ties else torch.randint(-4, 5, (6, 1500), generator=gen).float()
+                s[0, ::7] = float("nan"); s[1, ::11] = float("inf"); s[2, ::13] = -float("inf"); s[3, ::5] = -0.0
+                s = s.to(dt)
+                k = torch.randint(0, 700, (6, 3), generator=gen)
+                for largest in (True, False):
+                    for order in ("score", "index"):
+                        v, i, n = vtp_ext.segmented_topk(s, [0, 1000, 1001, 1500], k, 2100, largest, order)
+                        print(dt, ties, largest, order, repr(v.double().flatten().tolist()), i.flatten().tolist(), n.tolist())
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            env={**os.environ, "VTP_EXT_CPU_ISA": isa}, cwd=os.path.dirname(__file__))
+    default = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                             cwd=os.path.dirname(__file__))
+    assert result.returncode == 0 and default.returncode == 0, result.stderr + default.stderr
+    lines, expected = result.stdout.split("\n"), default.stdout.split("\n")
+    if lines[0] != isa:
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    assert len(lines) == 34 and lines[1:] == expected[1:]
 
 
 def test_uniform_k_matches_torch_topk():

@@ -7,10 +7,21 @@
 //  2. one pass in index order picks every key > T and the first needed keys == T (ties: lower index);
 //  3. order="score": a stable LSD radix sort of the picks by key (passes whose digit is the same for
 //     every pick are skipped); stability keeps equal keys in index order.
+// The AVX-512 build does order="score" of 32-bit keys (float, half, bfloat16 scores) differently: a
+// partial quicksort of (key, ~index) packed into distinct 64-bit values, partitioning 8 values per
+// instruction with compress stores (see top_sorted_desc) -- about twice as fast on [32, 576] rows.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <vector>
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define VTP_TOPK_PARTITION 1
+#else
+#define VTP_TOPK_PARTITION 0
+#endif
 
 #include "cpu/dispatch.h"
 #include "cpu/isa.h"
@@ -30,6 +41,7 @@ struct TopkScratch {
   std::vector<key_t> keys;
   std::vector<uint32_t> cand;
   std::vector<TopkItem<key_t>> picks, sorted;
+  std::vector<uint64_t> packed, partition;
 };
 
 // Histogram of one 8-bit digit of keys[idx[c]] (keys[c] without idx), c in [0, m). Four partial
@@ -203,6 +215,94 @@ static void radix_sort_best_first(TopkScratch<key_t>& s) {
   if (src != s.picks.data()) s.picks.swap(s.sorted);
 }
 
+#if VTP_TOPK_PARTITION
+// ---- order="score" by partial quicksort (AVX-512) --------------------------------------------------
+// Values are (key << 32) | ~index: distinct, nonzero (index < 2^31), and descending value order is
+// the op's order -- larger key first, equal keys by lower index.
+
+inline __mmask8 lanes_below(uint32_t r) { return r >= 8 ? __mmask8(0xFF) : __mmask8((1u << r) - 1u); }
+
+// a[0, m), m <= kRankSort, sorted descending: each value's rank is the count of larger values.
+constexpr uint32_t kRankSort = 32;
+inline void rank_sort_desc(uint64_t* a, uint32_t m) {
+  __m512i v[kRankSort / 8];
+  for (uint32_t j = 0; j < kRankSort / 8; ++j)
+    v[j] = _mm512_maskz_loadu_epi64(lanes_below(m > 8 * j ? m - 8 * j : 0), a + 8 * j);  // padding: 0
+  uint64_t sorted[kRankSort];
+  const uint32_t vectors = (m + 7) / 8;
+  for (uint32_t i = 0; i < m; ++i) {
+    const __m512i x = _mm512_set1_epi64(int64_t(a[i]));
+    uint32_t rank = 0;
+    for (uint32_t j = 0; j < vectors; ++j) rank += uint32_t(__builtin_popcount(_mm512_cmpgt_epu64_mask(v[j], x)));
+    sorted[rank] = a[i];
+  }
+  std::memcpy(a, sorted, sizeof(uint64_t) * m);
+}
+
+// Partitions a[0, m) around pivot (one of its values) into a[0, g) > pivot, then -- only if need > g,
+// the back is not looked at otherwise -- a[g] = pivot and a[g + 1, m) < pivot. Returns g. front and
+// back are scratch of m + 8 values each (a compress store writes a whole vector).
+inline uint32_t partition_desc(uint64_t* a, uint32_t m, uint64_t pivot, uint32_t need, uint64_t* front,
+                               uint64_t* back) {
+  const __m512i p = _mm512_set1_epi64(int64_t(pivot));
+  uint32_t nf = 0, nb = 0;
+  for (uint32_t i = 0; i < m; i += 8) {
+    const __mmask8 valid = lanes_below(m - i);
+    const __m512i v = _mm512_maskz_loadu_epi64(valid, a + i);
+    const __mmask8 gt = _mm512_mask_cmpgt_epu64_mask(valid, v, p), lt = _mm512_mask_cmplt_epu64_mask(valid, v, p);
+    _mm512_storeu_si512(front + nf, _mm512_maskz_compress_epi64(gt, v));
+    _mm512_storeu_si512(back + nb, _mm512_maskz_compress_epi64(lt, v));
+    nf += uint32_t(__builtin_popcount(gt));
+    nb += uint32_t(__builtin_popcount(lt));
+  }
+  std::memcpy(a, front, sizeof(uint64_t) * nf);
+  if (need > nf) {
+    a[nf] = pivot;
+    std::memcpy(a + nf + 1, back, sizeof(uint64_t) * nb);
+  }
+  return nf;
+}
+
+// The `need` largest values of a[0, m) (need <= m), sorted descending, into a[0, need): quicksort that
+// only descends where the top `need` lie. scratch: 2 (m + 8) values. Past `depth` bad pivots, a
+// comparison sort bounds the cost.
+inline void top_sorted_desc(uint64_t* a, uint32_t m, uint32_t need, uint64_t* scratch, int depth) {
+  while (need > 0) {
+    if (m <= kRankSort) {
+      rank_sort_desc(a, m);
+      return;
+    }
+    if (depth-- <= 0) {
+      std::sort(a, a + m, std::greater<uint64_t>());
+      return;
+    }
+    const uint64_t x = a[0], y = a[m / 2], z = a[m - 1];
+    const uint64_t pivot = std::max(std::min(x, y), std::min(std::max(x, y), z));  // median of three
+    const uint32_t g = partition_desc(a, m, pivot, need, scratch, scratch + m + 8);
+    if (need <= g) {
+      m = g;
+      continue;
+    }
+    top_sorted_desc(a, g, g, scratch, depth);
+    a += g + 1;  // the pivot is in place; the rest comes from the back
+    m -= g + 1;
+    need -= g + 1;
+  }
+}
+
+// Column indices of the k best of keys[0, n), in the op's order, into idx[0, k).
+inline void topk_by_partition(const uint32_t* keys, uint32_t n, uint32_t k, TopkScratch<uint32_t>& s,
+                              uint32_t* idx) {
+  s.packed.resize(n);
+  s.partition.resize(2 * (size_t(n) + 8));
+  uint64_t* packed = s.packed.data();
+  for (uint32_t i = 0; i < n; ++i) packed[i] = (uint64_t(keys[i]) << 32) | uint32_t(~i);
+  const int depth = 2 * (32 - __builtin_clz(n)) + 4;
+  top_sorted_desc(packed, n, k, s.partition.data(), depth);
+  for (uint32_t r = 0; r < k; ++r) idx[r] = ~uint32_t(packed[r]);
+}
+#endif
+
 template <typename T, typename key_t>
 static void load_keys(const T* seg, int64_t col_stride, uint32_t n, bool largest, key_t* keys) {
   // The dense case is its own loop so that it vectorises.
@@ -213,6 +313,32 @@ static void load_keys(const T* seg, int64_t col_stride, uint32_t n, bool largest
   }
 }
 
+// Column indices (within the segment) of the k best of keys[0, n), 0 < k <= n, into idx[0, k): in the
+// op's order (by score, or by index).
+template <typename key_t>
+static void select_topk(const key_t* keys, uint32_t n, uint32_t k, bool by_index, TopkScratch<key_t>& s,
+                        uint32_t* idx) {
+#if VTP_TOPK_PARTITION
+  if constexpr (sizeof(key_t) == 4) {
+    if (!by_index) return topk_by_partition(keys, n, k, s, idx);
+  }
+#endif
+  s.picks.resize(size_t(k) + 1);  // select_in_index_order may write the slot after the last pick
+  TopkItem<key_t>* picks = s.picks.data();
+  if (k == n) {
+    for (uint32_t i = 0; i < n; ++i) picks[i] = {keys[i], i};
+  } else {
+    uint32_t need_eq = 0;
+    bool all_eq = false;
+    const key_t threshold = radix_threshold(keys, n, k, s, &need_eq, &all_eq);
+    select_in_index_order(keys, n, threshold, need_eq, all_eq,
+                          [&](uint32_t out, uint32_t i, bool) { picks[out] = {keys[i], i}; });
+  }
+  s.picks.resize(k);
+  if (!by_index) radix_sort_best_first(s);
+  for (uint32_t r = 0; r < k; ++r) idx[r] = s.picks[r].idx;
+}
+
 template <typename T>
 static void segmented_topk_tasks(const SegmentedTopkArgs& a, int64_t begin, int64_t end) {
   using acc_t = acc_of<T>;
@@ -220,6 +346,7 @@ static void segmented_topk_tasks(const SegmentedTopkArgs& a, int64_t begin, int6
   const T* scores = static_cast<const T*>(a.scores);
   T* values = static_cast<T*>(a.values);
   TopkScratch<key_t> s;
+  std::vector<uint32_t> idx;
   for (int64_t task = begin; task < end; ++task) {
     const int64_t b = task / a.S, seg_id = task % a.S;
     const int64_t first = a.offsets[seg_id];
@@ -229,28 +356,12 @@ static void segmented_topk_tasks(const SegmentedTopkArgs& a, int64_t begin, int6
     if (k > 0) {
       const T* seg = scores + b * a.row_stride + first * a.col_stride;
       s.keys.resize(n);
-      key_t* keys = s.keys.data();
-      load_keys(seg, a.col_stride, n, a.largest, keys);
-      s.picks.resize(k);
-      TopkItem<key_t>* picks = s.picks.data();
-      if (k == n) {
-        for (uint32_t i = 0; i < n; ++i) picks[i] = {keys[i], i};
-      } else {
-        uint32_t need_eq = 0;
-        bool all_eq = false;
-        const key_t threshold = radix_threshold(keys, n, k, s, &need_eq, &all_eq);
-        s.picks.resize(size_t(k) + 1);  // the slot after the last pick may be written
-        picks = s.picks.data();
-        select_in_index_order(keys, n, threshold, need_eq, all_eq,
-                              [&](uint32_t out, uint32_t i, bool) { picks[out] = {keys[i], i}; });
-        s.picks.resize(k);
-      }
-      if (!a.by_index) radix_sort_best_first(s);
-      picks = s.picks.data();
+      load_keys(seg, a.col_stride, n, a.largest, s.keys.data());
+      idx.resize(k);
+      select_topk(s.keys.data(), n, k, a.by_index, s, idx.data());
       for (uint32_t r = 0; r < k; ++r) {
-        const uint32_t i = picks[r].idx;
-        out_v[r] = seg[int64_t(i) * a.col_stride];
-        out_i[r] = first + int64_t(i);
+        out_v[r] = seg[int64_t(idx[r]) * a.col_stride];
+        out_i[r] = first + int64_t(idx[r]);
       }
     }
     if (seg_id == a.S - 1) {  // the row's last segment pads the row behind every selection
