@@ -231,6 +231,16 @@ static void radix_sort_best_first(TopkScratch<key_t>& s) {
 // is stored whole).
 constexpr uint32_t kRankSort = 32;
 
+inline uint32_t gather_partition(uint64_t* a, const uint64_t* front, uint32_t nf, const uint64_t* back, uint32_t nb,
+                                 uint64_t pivot, uint32_t need) {
+  std::memcpy(a, front, sizeof(uint64_t) * nf);
+  if (need > nf) {
+    a[nf] = pivot;
+    std::memcpy(a + nf + 1, back, sizeof(uint64_t) * nb);
+  }
+  return nf;
+}
+
 #if defined(__AVX512F__) && defined(__AVX512VL__)
 inline __mmask8 lanes_below(uint32_t r) { return r >= 8 ? __mmask8(0xFF) : __mmask8((1u << r) - 1u); }
 
@@ -262,12 +272,7 @@ inline uint32_t partition_desc(uint64_t* a, uint32_t m, uint64_t pivot, uint32_t
     nf += uint32_t(__builtin_popcount(gt));
     nb += uint32_t(__builtin_popcount(lt));
   }
-  std::memcpy(a, front, sizeof(uint64_t) * nf);
-  if (need > nf) {
-    a[nf] = pivot;
-    std::memcpy(a + nf + 1, back, sizeof(uint64_t) * nb);
-  }
-  return nf;
+  return gather_partition(a, front, nf, back, nb, pivot, need);
 }
 #else  // AVX2: unsigned 64-bit compares through the sign bias; compression by a permutation table
 // kCompress[mask] moves the 64-bit lanes set in the 4-bit mask to the front (as 32-bit lane pairs).
@@ -330,12 +335,7 @@ inline uint32_t partition_desc(uint64_t* a, uint32_t m, uint64_t pivot, uint32_t
     nf += v > pivot;
     nb += v < pivot;
   }
-  std::memcpy(a, front, sizeof(uint64_t) * nf);
-  if (need > nf) {
-    a[nf] = pivot;
-    std::memcpy(a + nf + 1, back, sizeof(uint64_t) * nb);
-  }
-  return nf;
+  return gather_partition(a, front, nf, back, nb, pivot, need);
 }
 #endif
 
