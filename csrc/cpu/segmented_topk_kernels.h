@@ -244,19 +244,13 @@ inline uint32_t gather_partition(uint64_t* a, const uint64_t* front, uint32_t nf
 #if defined(__AVX512F__) && defined(__AVX512VL__)
 inline __mmask8 lanes_below(uint32_t r) { return r >= 8 ? __mmask8(0xFF) : __mmask8((1u << r) - 1u); }
 
-inline void rank_sort_desc(uint64_t* a, uint32_t m) {
-  __m512i v[kRankSort / 8];
-  for (uint32_t j = 0; j < kRankSort / 8; ++j)
-    v[j] = _mm512_maskz_loadu_epi64(lanes_below(m > 8 * j ? m - 8 * j : 0), a + 8 * j);  // padding: 0
-  uint64_t sorted[kRankSort];
-  const uint32_t vectors = (m + 7) / 8;
-  for (uint32_t i = 0; i < m; ++i) {
-    const __m512i x = _mm512_set1_epi64(int64_t(a[i]));
-    uint32_t rank = 0;
-    for (uint32_t j = 0; j < vectors; ++j) rank += uint32_t(__builtin_popcount(_mm512_cmpgt_epu64_mask(v[j], x)));
-    sorted[rank] = a[i];
-  }
-  std::memcpy(a, sorted, sizeof(uint64_t) * m);
+// Values as rank_sort_desc compares them: 8 lanes, unsigned compares.
+using RankVec = __m512i;
+constexpr uint32_t kRankLanes = 8;
+inline RankVec rank_load(const uint64_t* p) { return _mm512_loadu_si512(p); }
+inline RankVec rank_splat(uint64_t x) { return _mm512_set1_epi64(int64_t(x)); }
+inline uint32_t count_greater(RankVec v, RankVec x) {
+  return uint32_t(__builtin_popcount(_mm512_cmpgt_epu64_mask(v, x)));
 }
 
 inline uint32_t partition_desc(uint64_t* a, uint32_t m, uint64_t pivot, uint32_t need, uint64_t* front,
@@ -299,22 +293,11 @@ inline __m256i compress(__m256i v, int mask) {
   return _mm256_permutevar8x32_epi32(v, _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompress[mask].data())));
 }
 
-inline void rank_sort_desc(uint64_t* a, uint32_t m) {
-  alignas(32) uint64_t padded[kRankSort] = {};  // padding: 0, below every value
-  std::memcpy(padded, a, sizeof(uint64_t) * m);
-  __m256i v[kRankSort / 4];
-  const uint32_t vectors = (m + 3) / 4;
-  for (uint32_t j = 0; j < vectors; ++j)
-    v[j] = biased(_mm256_load_si256(reinterpret_cast<const __m256i*>(padded + 4 * j)));
-  uint64_t sorted[kRankSort];
-  for (uint32_t i = 0; i < m; ++i) {
-    const __m256i x = biased(_mm256_set1_epi64x(int64_t(a[i])));
-    uint32_t rank = 0;
-    for (uint32_t j = 0; j < vectors; ++j) rank += uint32_t(__builtin_popcount(greater_mask(v[j], x)));
-    sorted[rank] = a[i];
-  }
-  std::memcpy(a, sorted, sizeof(uint64_t) * m);
-}
+using RankVec = __m256i;  // biased, 4 lanes
+constexpr uint32_t kRankLanes = 4;
+inline RankVec rank_load(const uint64_t* p) { return biased(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+inline RankVec rank_splat(uint64_t x) { return biased(_mm256_set1_epi64x(int64_t(x))); }
+inline uint32_t count_greater(RankVec v, RankVec x) { return uint32_t(__builtin_popcount(greater_mask(v, x))); }
 
 inline uint32_t partition_desc(uint64_t* a, uint32_t m, uint64_t pivot, uint32_t need, uint64_t* front,
                                uint64_t* back) {
@@ -338,6 +321,22 @@ inline uint32_t partition_desc(uint64_t* a, uint32_t m, uint64_t pivot, uint32_t
   return gather_partition(a, front, nf, back, nb, pivot, need);
 }
 #endif
+
+inline void rank_sort_desc(uint64_t* a, uint32_t m) {
+  uint64_t padded[kRankSort] = {};  // padding: 0, below every value
+  std::memcpy(padded, a, sizeof(uint64_t) * m);
+  RankVec v[kRankSort / kRankLanes];
+  const uint32_t vectors = (m + kRankLanes - 1) / kRankLanes;
+  for (uint32_t j = 0; j < vectors; ++j) v[j] = rank_load(padded + kRankLanes * j);
+  uint64_t sorted[kRankSort];
+  for (uint32_t i = 0; i < m; ++i) {
+    const RankVec x = rank_splat(a[i]);
+    uint32_t rank = 0;
+    for (uint32_t j = 0; j < vectors; ++j) rank += count_greater(v[j], x);
+    sorted[rank] = a[i];
+  }
+  std::memcpy(a, sorted, sizeof(uint64_t) * m);
+}
 
 // The `need` largest values of a[0, m) (need <= m), sorted descending, into a[0, need): quicksort that
 // only descends where the top `need` lie. scratch: 2 (m + 8) values. Past `depth` bad pivots, a
