@@ -75,9 +75,10 @@ def noise_py(seed, row, step, col, double):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_noise_layout(dtype):
     seed = 0x1234_5678_9ABC_DEF0 - 2**63  # negative: the key is the two's-complement words
-    noise = vtp_ext.gumbel_noise(seed, (3, 11), 5, dtype)
-    assert noise.dtype == dtype and noise.shape == (3, 11)
-    expected = torch.tensor([[noise_py(seed % 2**64, b, 5, j, dtype == torch.float64) for j in range(11)]
+    # 150 columns: the SIMD generators' 8- and 16-block groups and a scalar tail
+    noise = vtp_ext.gumbel_noise(seed, (3, 150), 5, dtype)
+    assert noise.dtype == dtype and noise.shape == (3, 150)
+    expected = torch.tensor([[noise_py(seed % 2**64, b, 5, j, dtype == torch.float64) for j in range(150)]
                              for b in range(3)], dtype=torch.float64)
     # float32: u is exact, the two logs are each within an ulp of float32
     tol = dict(rtol=4e-7, atol=4e-7) if dtype == torch.float32 else dict(rtol=1e-15, atol=1e-15)
