@@ -156,7 +156,7 @@ CASES = [  # (B, N, k, tau)
     (4, 17, [5, 16, 17, 40], 5.0),
     (2, 64, [32, 7], 0.5),
     (1, 200, [60], 5.0),
-    # one row with fewer rows than threads: the CPU kernel splits the steps over threads, in chunks of
+    # one row, two threads or more per row: the CPU kernel splits the steps over threads, in chunks of
     # 64 steps (several chunks here) and, for N > 4096, noise blocks of 4096 columns
     (1, 576, [288], 5.0),
     (1, 5000, [20], 5.0),

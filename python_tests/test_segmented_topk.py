@@ -105,14 +105,16 @@ def test_every_cpu_build_selects_the_same(isa):
         print(vtp_ext._C.cpu_isa)
         for dt in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
             for ties in (False, True):
-                s = torch.randn(6, 1500, generator=gen) if not ties else torch.randint(-4, 5, (6, 1500), generator=gen).float()
+                s = (torch.randint(-4, 5, (6, 1500), generator=gen).float() if ties
+                     else torch.randn(6, 1500, generator=gen))
                 s[0, ::7] = float("nan"); s[1, ::11] = float("inf"); s[2, ::13] = -float("inf"); s[3, ::5] = -0.0
                 s = s.to(dt)
                 k = torch.randint(0, 700, (6, 3), generator=gen)
                 for largest in (True, False):
                     for order in ("score", "index"):
                         v, i, n = vtp_ext.segmented_topk(s, [0, 1000, 1001, 1500], k, 2100, largest, order)
-                        print(dt, ties, largest, order, repr(v.double().flatten().tolist()), i.flatten().tolist(), n.tolist())
+                        print(dt, ties, largest, order, repr(v.double().flatten().tolist()),
+                              i.flatten().tolist(), n.tolist())
     """
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                             env={**os.environ, "VTP_EXT_CPU_ISA": isa}, cwd=os.path.dirname(__file__))

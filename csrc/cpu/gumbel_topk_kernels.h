@@ -1,6 +1,6 @@
 // CPU kernels of gumbel_topk (forward, backward) and gumbel_noise: one row per task, compiled per ISA
 // from kernels_isa.cpp; rows are split over threads by the caller (csrc/cpu/gumbel_topk_op.cpp), or,
-// with fewer rows than threads, one sequential-mode row's steps are (GumbelArgs::parallel_steps).
+// with two threads or more per row, one sequential-mode row's steps are (GumbelArgs::parallel_steps).
 //
 // The noise comes from vtp_ext/gumbel_math.h, bit-identical to the CUDA kernels. Every per-step pass is
 // a dense loop over the row (picked entries are -inf in a masked copy of the logits rather than being

@@ -1,6 +1,6 @@
 // CPU kernels are compiled once per instruction set (csrc/cpu/kernels_isa.cpp, built for a portable
-// baseline, for AVX2+FMA+F16C and for AVX-512 (F, VL, BW, DQ, CD)) and picked at run time, because the stable ABI has no at::vec and a
-// wheel cannot assume the user's CPU. The kernels see only raw pointers and this table; no torch
+// baseline, for AVX2+FMA+F16C and for AVX-512 (F, VL, BW, DQ, CD)) and picked at run time, because the
+// stable ABI has no at::vec and a wheel cannot assume the user's CPU. The kernels see only raw pointers and this table; no torch
 // header is included there, so no torch inline function gets compiled with AVX2 flags.
 #pragma once
 #include <cstdint>
@@ -166,7 +166,7 @@ struct GumbelArgs {
   bool training;
   DType dtype;               // of logits; gumbel_noise writes float64 for kFloat64, float32 otherwise
   // Sequential mode: runs body(ctx, begin, end) over [0, n) on the caller's threads, to split one row's
-  // selection steps over threads when there are fewer rows than threads; null runs everything inline.
+  // selection steps over threads when there are two threads or more per row; null runs everything inline.
   void (*parallel_steps)(int64_t n, void (*body)(void* ctx, int64_t begin, int64_t end), void* ctx);
 };
 

@@ -395,7 +395,8 @@ static void select_topk(const key_t* keys, uint32_t n, uint32_t k, bool by_index
                         uint32_t* idx) {
 #if VTP_TOPK_PARTITION
   if constexpr (sizeof(key_t) == 4) {
-    if (!by_index) return topk_by_partition(keys, n, k, s, idx);
+    // Its scratch is 24 bytes per entry against the radix path's ~8: segments past 1M entries keep radix.
+    if (!by_index && n <= (1u << 20)) return topk_by_partition(keys, n, k, s, idx);
   }
 #endif
   s.picks.resize(size_t(k) + 1);  // select_in_index_order may write the slot after the last pick
