@@ -285,8 +285,9 @@ static void topk_mask(const acc_t* v, int64_t N, int64_t k, GumbelScratch<acc_t>
 // picked) depend on the earlier steps only through which entries they picked, so a chunk's noise is
 // drawn for all its steps at once -- in parallel over (step, column block) when a.parallel_steps is
 // set, which is how one row uses several threads -- and the picks are then made one step at a time,
-// each step masking what the chunk's earlier steps took. Chunking changes no value: every result is
-// bit-identical to stepping one at a time, whatever the chunk size or thread count.
+// each step masking what the chunk's earlier steps took. Every pick and step probability is
+// bit-identical to stepping one at a time; the backward adds its step terms in groups of 8 within a
+// chunk (the chunk size depends on N only), so its rounding is fixed whatever the thread count.
 constexpr int64_t kNoiseColumns = 4096;  // columns of one noise task (a multiple of 4 and 2)
 
 // Steps per chunk: the chunk's scores (steps x N) stay within ~256 KB (float).
