@@ -43,97 +43,102 @@ struct GumbelScratch {
 // w of every block in one register, 32x32 -> 64-bit products from the even and odd lanes -- and
 // transpose them into the layout above; what they return is how many blocks they did. Bit-identical
 // to philox4x32_10 (tested against it and against the Random123 vectors through every CPU build).
-#if defined(__AVX512F__) && defined(__AVX512VL__)
+// Per ISA: PhiloxVec holds one 32-bit word of kPhiloxLanes blocks; philox_mul gives the low and high
+// halves of each lane's 32x32 -> 64-bit product (even lanes, then odd lanes shifted down); philox_store
+// transposes four such words into blocks of 4 consecutive words.
 // GCC 12 reports its own headers' "undefined" pass-through operands as maybe-uninitialized (GCC bug
-// 105593) once these intrinsics are inlined.
+// 105593) once the AVX-512 intrinsics are inlined.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-inline int64_t philox_words_simd(uint64_t seed, int64_t row, int64_t step, int64_t blk0, int64_t blocks,
-                                 uint32_t* words) {
-  const __m512i M0 = _mm512_set1_epi32(int(0xD2511F53u)), M1 = _mm512_set1_epi32(int(0xCD9E8D57u));
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+#define VTP_PHILOX_SIMD 1
+using PhiloxVec = __m512i;
+constexpr int64_t kPhiloxLanes = 16;
+inline PhiloxVec philox_set1(uint32_t x) { return _mm512_set1_epi32(int(x)); }
+inline PhiloxVec philox_iota(uint32_t first) {
+  return _mm512_add_epi32(philox_set1(first), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+}
+inline void philox_mul(PhiloxVec a, PhiloxVec m, PhiloxVec* lo, PhiloxVec* hi) {
+  const __m512i even = _mm512_mul_epu32(a, m), odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+  *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+}
+inline PhiloxVec philox_xor3(PhiloxVec a, PhiloxVec b, PhiloxVec c) { return _mm512_ternarylogic_epi32(a, b, c, 0x96); }
+inline void philox_store(uint32_t* out, PhiloxVec c0, PhiloxVec c1, PhiloxVec c2, PhiloxVec c3) {
+  const __m512i t01lo = _mm512_unpacklo_epi32(c0, c1), t01hi = _mm512_unpackhi_epi32(c0, c1);
+  const __m512i t23lo = _mm512_unpacklo_epi32(c2, c3), t23hi = _mm512_unpackhi_epi32(c2, c3);
+  // 128-bit lane q of a / b / c / d: blocks 4q + 0 / 1 / 2 / 3
+  const __m512i a = _mm512_unpacklo_epi64(t01lo, t23lo), b = _mm512_unpackhi_epi64(t01lo, t23lo);
+  const __m512i c = _mm512_unpacklo_epi64(t01hi, t23hi), d = _mm512_unpackhi_epi64(t01hi, t23hi);
+  const __m512i x0 = _mm512_shuffle_i32x4(a, b, 0x44), x1 = _mm512_shuffle_i32x4(c, d, 0x44);
+  const __m512i x2 = _mm512_shuffle_i32x4(a, b, 0xEE), x3 = _mm512_shuffle_i32x4(c, d, 0xEE);
+  _mm512_storeu_si512(out, _mm512_shuffle_i32x4(x0, x1, 0x88));
+  _mm512_storeu_si512(out + 16, _mm512_shuffle_i32x4(x0, x1, 0xDD));
+  _mm512_storeu_si512(out + 32, _mm512_shuffle_i32x4(x2, x3, 0x88));
+  _mm512_storeu_si512(out + 48, _mm512_shuffle_i32x4(x2, x3, 0xDD));
+}
+#elif defined(__AVX2__)
+#define VTP_PHILOX_SIMD 1
+using PhiloxVec = __m256i;
+constexpr int64_t kPhiloxLanes = 8;
+inline PhiloxVec philox_set1(uint32_t x) { return _mm256_set1_epi32(int(x)); }
+inline PhiloxVec philox_iota(uint32_t first) {
+  return _mm256_add_epi32(philox_set1(first), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline void philox_mul(PhiloxVec a, PhiloxVec m, PhiloxVec* lo, PhiloxVec* hi) {
+  const __m256i even = _mm256_mul_epu32(a, m), odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+inline PhiloxVec philox_xor3(PhiloxVec a, PhiloxVec b, PhiloxVec c) {
+  return _mm256_xor_si256(_mm256_xor_si256(a, b), c);
+}
+inline void philox_store(uint32_t* out, PhiloxVec c0, PhiloxVec c1, PhiloxVec c2, PhiloxVec c3) {
+  const __m256i t01lo = _mm256_unpacklo_epi32(c0, c1), t01hi = _mm256_unpackhi_epi32(c0, c1);
+  const __m256i t23lo = _mm256_unpacklo_epi32(c2, c3), t23hi = _mm256_unpackhi_epi32(c2, c3);
+  // 128-bit lane q of a / b / c / d: blocks 4q + 0 / 1 / 2 / 3
+  const __m256i a = _mm256_unpacklo_epi64(t01lo, t23lo), b = _mm256_unpackhi_epi64(t01lo, t23lo);
+  const __m256i c = _mm256_unpacklo_epi64(t01hi, t23hi), d = _mm256_unpackhi_epi64(t01hi, t23hi);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permute2x128_si256(a, b, 0x20));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8), _mm256_permute2x128_si256(c, d, 0x20));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16), _mm256_permute2x128_si256(a, b, 0x31));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 24), _mm256_permute2x128_si256(c, d, 0x31));
+}
+#else
+#define VTP_PHILOX_SIMD 0
+#endif
+
+// The blocks from blk0 that fill whole vectors, as philox4x32_10 computes them; returns how many.
+inline int64_t philox_words_simd([[maybe_unused]] uint64_t seed, [[maybe_unused]] int64_t row,
+                                 [[maybe_unused]] int64_t step, [[maybe_unused]] int64_t blk0,
+                                 [[maybe_unused]] int64_t blocks,
+                                 [[maybe_unused]] uint32_t* words) {
   int64_t b = 0;
-  for (; b + 16 <= blocks; b += 16) {
-    __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(int(uint32_t(blk0 + b))), lane);
-    __m512i c1 = _mm512_set1_epi32(int(uint32_t(step)));
-    __m512i c2 = _mm512_set1_epi32(int(uint32_t(row)));
-    __m512i c3 = _mm512_set1_epi32(int(uint32_t(uint64_t(row) >> 32)));
+#if VTP_PHILOX_SIMD
+  const PhiloxVec M0 = philox_set1(0xD2511F53u), M1 = philox_set1(0xCD9E8D57u);
+  for (; b + kPhiloxLanes <= blocks; b += kPhiloxLanes) {
+    PhiloxVec c0 = philox_iota(uint32_t(blk0 + b)), c1 = philox_set1(uint32_t(step));
+    PhiloxVec c2 = philox_set1(uint32_t(row)), c3 = philox_set1(uint32_t(uint64_t(row) >> 32));
     uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
     for (int r = 0; r < 10; ++r) {
       if (r > 0) {
         k0 += 0x9E3779B9u;
         k1 += 0xBB67AE85u;
       }
-      const __m512i p0e = _mm512_mul_epu32(c0, M0), p0o = _mm512_mul_epu32(_mm512_srli_epi64(c0, 32), M0);
-      const __m512i p1e = _mm512_mul_epu32(c2, M1), p1o = _mm512_mul_epu32(_mm512_srli_epi64(c2, 32), M1);
-      const __m512i lo0 = _mm512_mask_blend_epi32(0xAAAA, p0e, _mm512_slli_epi64(p0o, 32));
-      const __m512i hi0 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(p0e, 32), p0o);
-      const __m512i lo1 = _mm512_mask_blend_epi32(0xAAAA, p1e, _mm512_slli_epi64(p1o, 32));
-      const __m512i hi1 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(p1e, 32), p1o);
-      c0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32(int(k0)), 0x96);
-      c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32(int(k1)), 0x96);
+      PhiloxVec lo0, hi0, lo1, hi1;
+      philox_mul(c0, M0, &lo0, &hi0);
+      philox_mul(c2, M1, &lo1, &hi1);
+      c0 = philox_xor3(hi1, c1, philox_set1(k0));
+      c2 = philox_xor3(hi0, c3, philox_set1(k1));
       c1 = lo1;
       c3 = lo0;
     }
-    const __m512i t01lo = _mm512_unpacklo_epi32(c0, c1), t01hi = _mm512_unpackhi_epi32(c0, c1);
-    const __m512i t23lo = _mm512_unpacklo_epi32(c2, c3), t23hi = _mm512_unpackhi_epi32(c2, c3);
-    const __m512i a = _mm512_unpacklo_epi64(t01lo, t23lo), bb = _mm512_unpackhi_epi64(t01lo, t23lo);
-    const __m512i c = _mm512_unpacklo_epi64(t01hi, t23hi), d = _mm512_unpackhi_epi64(t01hi, t23hi);
-    const __m512i x0 = _mm512_shuffle_i32x4(a, bb, 0x44), x1 = _mm512_shuffle_i32x4(c, d, 0x44);
-    const __m512i x2 = _mm512_shuffle_i32x4(a, bb, 0xEE), x3 = _mm512_shuffle_i32x4(c, d, 0xEE);
-    uint32_t* out = words + 4 * b;
-    _mm512_storeu_si512(out, _mm512_shuffle_i32x4(x0, x1, 0x88));
-    _mm512_storeu_si512(out + 16, _mm512_shuffle_i32x4(x0, x1, 0xDD));
-    _mm512_storeu_si512(out + 32, _mm512_shuffle_i32x4(x2, x3, 0x88));
-    _mm512_storeu_si512(out + 48, _mm512_shuffle_i32x4(x2, x3, 0xDD));
+    philox_store(words + 4 * b, c0, c1, c2, c3);
   }
+#endif
   return b;
 }
 #pragma GCC diagnostic pop
-#elif defined(__AVX2__)
-inline int64_t philox_words_simd(uint64_t seed, int64_t row, int64_t step, int64_t blk0, int64_t blocks,
-                                 uint32_t* words) {
-  const __m256i M0 = _mm256_set1_epi32(int(0xD2511F53u)), M1 = _mm256_set1_epi32(int(0xCD9E8D57u));
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  int64_t b = 0;
-  for (; b + 8 <= blocks; b += 8) {
-    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(int(uint32_t(blk0 + b))), lane);
-    __m256i c1 = _mm256_set1_epi32(int(uint32_t(step)));
-    __m256i c2 = _mm256_set1_epi32(int(uint32_t(row)));
-    __m256i c3 = _mm256_set1_epi32(int(uint32_t(uint64_t(row) >> 32)));
-    uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
-    for (int r = 0; r < 10; ++r) {
-      if (r > 0) {
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-      }
-      const __m256i p0e = _mm256_mul_epu32(c0, M0), p0o = _mm256_mul_epu32(_mm256_srli_epi64(c0, 32), M0);
-      const __m256i p1e = _mm256_mul_epu32(c2, M1), p1o = _mm256_mul_epu32(_mm256_srli_epi64(c2, 32), M1);
-      const __m256i lo0 = _mm256_blend_epi32(p0e, _mm256_slli_epi64(p0o, 32), 0xAA);
-      const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(p0e, 32), p0o, 0xAA);
-      const __m256i lo1 = _mm256_blend_epi32(p1e, _mm256_slli_epi64(p1o, 32), 0xAA);
-      const __m256i hi1 = _mm256_blend_epi32(_mm256_srli_epi64(p1e, 32), p1o, 0xAA);
-      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(int(k0)));
-      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(int(k1)));
-      c1 = lo1;
-      c3 = lo0;
-    }
-    const __m256i t01lo = _mm256_unpacklo_epi32(c0, c1), t01hi = _mm256_unpackhi_epi32(c0, c1);
-    const __m256i t23lo = _mm256_unpacklo_epi32(c2, c3), t23hi = _mm256_unpackhi_epi32(c2, c3);
-    const __m256i a = _mm256_unpacklo_epi64(t01lo, t23lo), bb = _mm256_unpackhi_epi64(t01lo, t23lo);
-    const __m256i c = _mm256_unpacklo_epi64(t01hi, t23hi), d = _mm256_unpackhi_epi64(t01hi, t23hi);
-    // 128-bit lane q of a/bb/c/d: blocks 4q + 0/1/2/3
-    uint32_t* out = words + 4 * b;
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permute2x128_si256(a, bb, 0x20));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8), _mm256_permute2x128_si256(c, d, 0x20));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16), _mm256_permute2x128_si256(a, bb, 0x31));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 24), _mm256_permute2x128_si256(c, d, 0x31));
-  }
-  return b;
-}
-#else
-inline int64_t philox_words_simd(uint64_t, int64_t, int64_t, int64_t, int64_t, uint32_t*) { return 0; }
-#endif
 
 inline void philox_words(uint64_t seed, int64_t row, int64_t step, int64_t blk0, int64_t blocks, uint32_t* words) {
   for (int64_t b = philox_words_simd(seed, row, step, blk0, blocks, words); b < blocks; ++b) {
@@ -387,7 +392,6 @@ static bool gumbel_fwd_rows(const GumbelArgs& a, int64_t begin, int64_t end) {
   const int64_t N = a.N;
   s.logits.resize(size_t(N));
   s.z.resize(size_t(N));
-  s.picked.resize(size_t(N));
   acc_t* lz = s.logits.data();
   acc_t* z = s.z.data();
   bool ok = true;
@@ -450,7 +454,6 @@ static bool gumbel_bwd_rows(const GumbelArgs& a, int64_t begin, int64_t end) {
   s.z.resize(size_t(N));
   s.grad.resize(size_t(N));
   s.acc.resize(size_t(N));
-  s.picked.resize(size_t(N));
   acc_t* lz = s.logits.data();
   acc_t* z = s.z.data();
   acc_t* g = s.grad.data();

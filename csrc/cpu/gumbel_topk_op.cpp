@@ -36,9 +36,9 @@ void parallel_steps(int64_t n, void (*body)(void* ctx, int64_t begin, int64_t en
 
 // Rows in parallel, ~256K entries per chunk (see segmented_topk_op.cpp: a second thread woken for
 // less can cost a scheduler time slice on a busy machine; the eval-mode mask of [32, 576] measured
-// 8.5 ms on two threads against 0.1 ms on one). With two threads or more per row, a sequential-mode row
-// of a quarter of that work (~0.5 ms) or more splits its steps over the threads instead (the kernel's chunks of steps);
-// false if a row held NaN or +inf logits.
+// 8.5 ms on two threads against 0.1 ms on one). With two threads or more per row, a sequential-mode
+// row of a quarter of that work (~0.5 ms) or more splits its steps over the threads instead (the
+// kernel's chunks of steps); false if a row held NaN or +inf logits.
 template <typename Kernel>
 bool gumbel_rows(cpu::GumbelArgs args, int64_t work_per_row, const Kernel& kernel) {
   constexpr int64_t kGrain = int64_t{1} << 18;

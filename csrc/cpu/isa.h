@@ -1,7 +1,8 @@
 // CPU kernels are compiled once per instruction set (csrc/cpu/kernels_isa.cpp, built for a portable
 // baseline, for AVX2+FMA+F16C and for AVX-512 (F, VL, BW, DQ, CD)) and picked at run time, because the
-// stable ABI has no at::vec and a wheel cannot assume the user's CPU. The kernels see only raw pointers and this table; no torch
-// header is included there, so no torch inline function gets compiled with AVX2 flags.
+// stable ABI has no at::vec and a wheel cannot assume the user's CPU. The kernels see only raw
+// pointers and this table; no torch header is included there, so no torch inline function gets
+// compiled with AVX2 or AVX-512 flags.
 #pragma once
 #include <cstdint>
 
